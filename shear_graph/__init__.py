@@ -1,0 +1,16 @@
+"""shear-graph: structured pruning of language models over one traced graph."""
+from .errors import CheckpointError, PlanError, ShearGraphError, TraceError, UnsupportedOpError
+from .groups import AttentionInfo, ParamSlice, RemovalGroup, find_groups, group_counts
+from .trace import ShearGraph, trace
+
+__all__ = [
+    "trace", "ShearGraph", "find_groups", "group_counts", "RemovalGroup", "ParamSlice",
+    "AttentionInfo", "ShearGraphError", "TraceError", "UnsupportedOpError", "PlanError",
+    "CheckpointError",
+]
+from .checkpoint import load_pruned, save_pruned  # noqa: E402
+from .plan import GroupRemoval, PrunePlan, count_params, plan_by_magnitude  # noqa: E402
+from .prune import apply_plan, mask_plan  # noqa: E402
+
+__all__ += ["PrunePlan", "GroupRemoval", "plan_by_magnitude", "count_params", "apply_plan", "mask_plan",
+            "save_pruned", "load_pruned"]

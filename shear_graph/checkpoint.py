@@ -1,0 +1,161 @@
+"""Save a pruned model atomically and load it back in one call."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .errors import CheckpointError
+from .prune import EPS_ATTRS, METADATA_KEY
+from .rebuild import derive_attention, sync_shape_attributes
+
+
+def save_pruned(model: nn.Module, path, tokenizer=None, overwrite: bool = False) -> Path:
+    """``save_pretrained`` into ``path`` atomically.
+
+    The model is written to a temporary folder beside ``path`` and renamed
+    into place, so an interrupted save never leaves a half-written model at
+    ``path``.
+
+    Raises
+    ------
+    CheckpointError
+        ``path`` exists and ``overwrite`` is False; or ``model`` is a peft
+        model (merge it first: ``model.merge_and_unload()``).
+    """
+    path = Path(path)
+    if hasattr(model, "peft_config"):
+        raise CheckpointError("save_pruned takes a merged model: call model.merge_and_unload() first")
+    if path.exists() and not overwrite:
+        raise CheckpointError(f"{path} exists; pass overwrite=True to replace it")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.tmp-"))
+    try:
+        model.save_pretrained(tmp)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
+        if path.exists():
+            old = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.old-"))
+            os.replace(path, old / "x")
+            os.replace(tmp, path)
+            shutil.rmtree(old)
+        else:
+            os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+    return path
+
+
+def _read_state_dict(path: Path) -> dict:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    index = path / "model.safetensors.index.json"
+    try:
+        if index.is_file():
+            files = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        elif (path / "model.safetensors").is_file():
+            files = ["model.safetensors"]
+        else:
+            raise CheckpointError(f"{path} has no model.safetensors: not a saved model")
+        sd = {}
+        for f in files:
+            sd.update(load_file(str(path / f)))
+        return sd
+    except (SafetensorError, OSError, ValueError, KeyError) as e:
+        raise CheckpointError(f"cannot read the weights in {path} (corrupted or incomplete?): {e}") from e
+
+
+def load_pruned(path, device=None, dtype=None) -> nn.Module:
+    """Load a model saved by :func:`save_pruned` (or ``save_pretrained`` of a
+    pruned model), per-layer widths included, in one call.
+
+    Parameters
+    ----------
+    path : str or Path
+        The folder holding ``config.json`` and safetensors weights.
+    device, dtype : optional
+        Where and in which dtype to place the model (default: CPU, the saved dtype).
+
+    Returns
+    -------
+    transformers.PreTrainedModel
+        In eval mode, with logits equal to the model that was saved.
+
+    Raises
+    ------
+    CheckpointError
+        Missing folder, config or weights; corrupted weights; weights that do
+        not cover every parameter of the architecture.
+    """
+    import transformers
+    from transformers import AutoConfig
+
+    path = Path(path)
+    if not (path / "config.json").is_file():
+        raise CheckpointError(f"no config.json in {path}: not a saved model folder")
+    try:
+        config = AutoConfig.from_pretrained(path)
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"cannot read {path / 'config.json'}: {e}") from e
+    arch = (getattr(config, "architectures", None) or [None])[0]
+    cls = getattr(transformers, arch, None) if arch else None
+    if cls is None:
+        raise CheckpointError(f"config.json names no known transformers architecture ({arch!r})")
+    sd = _read_state_dict(path)
+    model = _construct(cls, config)
+    meta = getattr(config, METADATA_KEY, None) or {}
+    named = dict(model.named_parameters(remove_duplicate=False))
+    for name, tensor in sd.items():
+        owner, _, attr = name.rpartition(".")
+        try:
+            module = model.get_submodule(owner) if owner else model
+        except AttributeError as e:
+            raise CheckpointError(f"{path}: weight {name} matches no module of {arch}") from e
+        if name in named:
+            setattr(module, attr, nn.Parameter(tensor))
+        elif attr in module._buffers:
+            module._buffers[attr] = tensor
+    model.tie_weights()
+    loaded = {id(p) for n, p in model.named_parameters(remove_duplicate=False) if n in sd}
+    missing = [n for n, p in model.named_parameters(remove_duplicate=False) if id(p) not in loaded]
+    if missing:
+        raise CheckpointError(f"{path} lacks weights for {', '.join(missing[:5])}: incomplete checkpoint")
+    sync_shape_attributes(model)
+    derive_attention(model, config, meta.get("attention", {}))
+    modules = dict(model.named_modules())
+    for path_, eps in meta.get("norm_eps", {}).items():
+        m = modules[path_]
+        attr = next(a for a in EPS_ATTRS if isinstance(getattr(m, a, None), float))
+        setattr(m, attr, eps)
+    with torch.no_grad():
+        for name, value in meta.get("scalar_buffers", {}).items():
+            owner, _, attr = name.rpartition(".")
+            (model.get_submodule(owner) if owner else model)._buffers[attr].fill_(value)
+    model.eval()
+    return model.to(device=device, dtype=dtype) if device is not None or dtype is not None else model
+
+
+def _construct(cls, config) -> nn.Module:
+    """Build ``cls`` from ``config`` with one attention head per layer.
+
+    Pruned head counts need not divide the hidden size of models that derive
+    head_dim from it (GPT-2, OPT, BERT); the real counts go back into the
+    same config object afterwards, and every attention module is re-derived
+    from ``config.shear_graph``.
+    """
+    keys = [k for k in ("num_attention_heads", "num_key_value_heads") if getattr(config, k, None)]
+    saved = {k: getattr(config, k) for k in keys}
+    for k in keys:
+        setattr(config, k, 1)
+    try:
+        return cls(config)
+    finally:
+        for k, v in saved.items():
+            setattr(config, k, v)

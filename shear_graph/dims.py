@@ -1,0 +1,112 @@
+"""Index spaces of tensor dimensions and the couplings between them.
+
+Every dimension of every tensor in the traced program is a *dim key*
+``(node name, output slot, dim)``. Couplings come in two strengths:
+
+* ``tie(a, b)``: the two dims are the same index space (index ``i`` of one is
+  index ``i`` of the other). Resolved first by a union-find over dim keys, which
+  keeps the index-level problem small (the residual stream of a whole model is
+  one index space).
+* ``tie_indices(a, ia, b, ib)``: index ``ia[k]`` of ``a`` is coupled to index
+  ``ib[k]`` of ``b`` (slices, concatenation, reshapes that split a dim into
+  blocks, GQA head sharing).
+
+``components()`` then labels every index of every dim with its connected
+component: a component is the set of indices that must be removed together.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
+
+DimKey = tuple  # (node_name: str, slot: int, dim: int)
+
+
+class _UnionFind:
+    def __init__(self):
+        self.parent: dict = {}
+
+    def find(self, x):
+        parent = self.parent
+        root = x
+        while parent.get(root, root) != root:
+            root = parent[root]
+        while parent.get(x, x) != root:
+            parent[x], x = root, parent[x]
+        return root
+
+    def union(self, a, b):
+        ra, rb = self.find(a), self.find(b)
+        if ra != rb:
+            self.parent[rb] = ra
+
+
+@dataclass
+class DimSpace:
+    """Collects dims, their sizes and couplings; solves for index components."""
+
+    sizes: dict = field(default_factory=dict)
+    _uf: _UnionFind = field(default_factory=_UnionFind)
+    _edges: list = field(default_factory=list)
+    _frozen: list = field(default_factory=list)
+
+    def add(self, key: DimKey, size: int) -> None:
+        self.sizes[key] = int(size)
+
+    def tie(self, a: DimKey, b: DimKey) -> None:
+        """Couple two dims index by index. Broadcast (size 1 against N) is no coupling."""
+        sa, sb = self.sizes[a], self.sizes[b]
+        if sa != sb:
+            if 1 in (sa, sb):
+                return
+            raise ValueError(f"tie of dims with sizes {sa} and {sb}: {a} {b}")
+        self._uf.union(a, b)
+
+    def tie_indices(self, a: DimKey, ia, b: DimKey, ib) -> None:
+        self._edges.append((a, np.asarray(ia, dtype=np.int64), b, np.asarray(ib, dtype=np.int64)))
+
+    def freeze(self, key: DimKey) -> None:
+        """Mark every index of a dim as not removable (graph inputs and outputs,
+        buffers, index-dependent constants, inner dims of reshapes, gathers)."""
+        self._frozen.append(key)
+
+    def solve(self) -> "DimComponents":
+        roots: dict = {}
+        base: dict = {}
+        offset = 0
+        for key, size in self.sizes.items():
+            r = self._uf.find(key)
+            if r not in roots:
+                roots[r] = offset
+                offset += size
+            base[key] = roots[r]
+        rows, cols = [np.arange(offset, dtype=np.int64)], [np.arange(offset, dtype=np.int64)]
+        for a, ia, b, ib in self._edges:
+            rows.append(base[a] + ia)
+            cols.append(base[b] + ib)
+        r = np.concatenate(rows)
+        c = np.concatenate(cols)
+        adj = coo_matrix((np.ones(len(r), dtype=np.int8), (r, c)), shape=(offset, offset))
+        _, labels = connected_components(adj, directed=False)
+        frozen = np.zeros(labels.max() + 1 if offset else 0, dtype=bool)
+        for key in self._frozen:
+            frozen[labels[base[key]: base[key] + self.sizes[key]]] = True
+        return DimComponents(base=base, sizes=self.sizes, labels=labels, frozen=frozen)
+
+
+@dataclass
+class DimComponents:
+    """The solution: ``labels(key)`` gives each index of a dim its component id."""
+
+    base: dict
+    sizes: dict
+    labels: np.ndarray
+    frozen: np.ndarray
+
+    def of(self, key: DimKey) -> np.ndarray:
+        """Component id of each index of ``key``: int64 array of shape [size]."""
+        start = self.base[key]
+        return self.labels[start: start + self.sizes[key]]

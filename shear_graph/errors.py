@@ -1,0 +1,38 @@
+"""Errors raised by shear-graph. Each message names what is wrong and what to do."""
+
+
+class ShearGraphError(Exception):
+    """Base class of every error shear-graph raises on bad input."""
+
+
+class TraceError(ShearGraphError):
+    """The model could not be exported to an FX graph."""
+
+
+class UnsupportedOpError(ShearGraphError):
+    """An op in the traced graph has no dimension-propagation rule.
+
+    Attributes
+    ----------
+    op : str
+        The aten op, e.g. ``"aten.fft_fft.default"``.
+    module : str
+        The module path whose forward emitted the op.
+    """
+
+    def __init__(self, op: str, module: str):
+        self.op, self.module = op, module
+        super().__init__(
+            f"unsupported op {op} in module '{module or '<top level>'}': shear-graph has no "
+            "dimension-propagation rule for it, so it cannot tell which channels stay coupled. "
+            "Register one with shear_graph.rules.register_rule(op, fn) (see rules.py for "
+            "examples), or report the op."
+        )
+
+
+class PlanError(ShearGraphError):
+    """A prune plan is invalid for the model it is applied to."""
+
+
+class CheckpointError(ShearGraphError):
+    """A saved pruned model is missing or corrupted."""

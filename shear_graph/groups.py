@@ -1,0 +1,297 @@
+"""Removal groups: the parameter slices that must be removed together.
+
+Found by dimension propagation (:mod:`shear_graph.rules`) over the traced graph:
+every index of every parameter dim gets the id of its coupled component; the
+components that touch no frozen index (graph inputs and outputs, buffers,
+index-dependent constants, inner dims of reshapes) are removable channels, and
+channels with the same parameter footprint form one :class:`RemovalGroup`.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from .rules import Propagation, _op_name, module_path
+from .trace import ShearGraph, is_adapter_param
+
+KINDS = ("attention_head", "ffn", "hidden", "other")
+_LAYER = re.compile(r"\.(\d+)\.")
+
+
+@dataclass(frozen=True)
+class ParamSlice:
+    """Slices of one parameter dim that a group removes.
+
+    Attributes
+    ----------
+    param : str
+        Parameter name as in ``model.named_parameters()``.
+    dim : int
+        The dim sliced (0 = rows / output features of ``nn.Linear``).
+    indices : np.ndarray
+        int64 array of shape [n_channels, width]: row ``c`` holds the indices of
+        ``dim`` that channel ``c`` owns (e.g. ``head_dim * query heads per KV
+        head`` rows of ``q_proj`` for an attention head group).
+    """
+
+    param: str
+    dim: int
+    indices: np.ndarray = field(repr=False)
+
+    @property
+    def width(self) -> int:
+        return int(self.indices.shape[1])
+
+
+@dataclass(frozen=True)
+class AttentionInfo:
+    """Head layout of the attention module an ``attention_head`` group belongs to."""
+
+    module: str
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+
+
+@dataclass
+class RemovalGroup:
+    """A minimally removal structure with ``n_channels`` channels.
+
+    Removing channel ``c`` removes ``s.indices[c]`` along ``s.dim`` of every
+    ``s`` in ``slices``; the network stays valid for any subset of channels
+    (LoRAShear, Chen et al. 2023, Sec. 3.1: "minimally removal structures").
+
+    Attributes
+    ----------
+    id : str
+        Stable name, e.g. ``"ffn.L3"``, ``"attention_head.L3"``, ``"hidden"``.
+    kind : str
+        ``attention_head`` (a KV head with the query heads sharing it), ``ffn``
+        (an intermediate channel), ``hidden`` (a residual-stream channel) or
+        ``other``.
+    layer : int or None
+        Layer index; None for groups spanning layers (hidden).
+    rms_norm_weights : tuple of (param, offset)
+        RMSNorm weights normalizing over this group's channels. Physical
+        removal rescales ``offset + w`` by ``sqrt(N / K)`` so that the mean over
+        K kept channels equals the masked mean over N.
+    layer_norm_params : tuple of str
+        LayerNorm parameters over this group: removal changes the mean and
+        variance, so it is approximate (see README, "Known limits").
+    """
+
+    id: str
+    kind: str
+    layer: int | None
+    n_channels: int
+    slices: tuple
+    attention: AttentionInfo | None = None
+    rms_norm_weights: tuple = ()
+    layer_norm_params: tuple = ()
+
+    @property
+    def params(self) -> list:
+        return sorted({s.param for s in self.slices})
+
+    def slice(self, param: str, dim: int | None = None) -> ParamSlice:
+        """The slice of ``param`` (along ``dim`` when a param has two)."""
+        for s in self.slices:
+            if s.param == param and (dim is None or s.dim == dim):
+                return s
+        raise KeyError(f"group {self.id} has no slice of {param}")
+
+
+def _layer_of(name: str):
+    m = _LAYER.search(name)
+    return int(m.group(1)) if m else None
+
+
+def _freeze_boundary(prop: Propagation, sg: ShearGraph) -> None:
+    sig = sg.program.graph_signature
+    fixed = set(sig.user_inputs) | set(sig.inputs_to_buffers) | set(
+        getattr(sig, "inputs_to_lifted_tensor_constants", {})
+    )
+    for node in sg.graph.nodes:
+        if node.op == "placeholder" and node.name in fixed:
+            prop.freeze(prop.dims(node))
+        elif node.op == "output":
+            for out in node.args[0] if isinstance(node.args[0], (list, tuple)) else [node.args[0]]:
+                prop.freeze(prop.dims(out))
+
+
+def _norm_offset(node: torch.fx.Node) -> float:
+    """Offset c when a norm weight is used as (c + w), as Gemma's RMSNorm does."""
+    frontier = [node]
+    while frontier:
+        n = frontier.pop()
+        for user in n.users:
+            name = _op_name(user.target)
+            if name in ("aten.to", "aten._to_copy", "aten.alias", "aten.type_as"):
+                frontier.append(user)
+            elif name == "aten.add":
+                other = [a for a in user.args if a is not n]
+                if other and isinstance(other[0], (int, float)):
+                    return float(other[0])
+    return 0.0
+
+
+def _with_kv_heads(info, n_channels):
+    # sdpa may see KV heads already repeated to the query count; the group's
+    # channel count is the number of KV heads.
+    return AttentionInfo(info.module, info.num_heads, n_channels, info.head_dim)
+
+
+def find_groups(graph: ShearGraph) -> list:
+    """Find every removal group of a traced model.
+
+    Parameters
+    ----------
+    graph : ShearGraph
+        From :func:`shear_graph.trace`.
+
+    Returns
+    -------
+    list of RemovalGroup
+        Sorted by layer, then kind. Rank dims of LoRA adaptors are never groups;
+        ``lora_B`` rows and ``lora_A`` columns join their base layer's groups.
+
+    Raises
+    ------
+    UnsupportedOpError
+        If an op has no propagation rule (the message names op and module).
+
+    Examples
+    --------
+    >>> from transformers import LlamaConfig
+    >>> import shear_graph as sg
+    >>> cfg = LlamaConfig(hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+    ...                   num_attention_heads=8, num_key_value_heads=2, vocab_size=100)
+    >>> groups = sg.find_groups(sg.trace(cfg))
+    >>> sorted((g.id, g.n_channels) for g in groups)[:3]
+    [('attention_head.L0', 2), ('attention_head.L1', 2), ('ffn.L0', 96)]
+    """
+    prop = Propagation(graph.graph).run()
+    _freeze_boundary(prop, graph)
+    comps = prop.space.solve()
+    placeholders = {n.name: n for n in graph.graph.nodes if n.op == "placeholder"}
+
+    # one entry per (component, parameter dim, index)
+    slots = []  # (param name, dim, placeholder)
+    labs, sids, idxs = [], [], []
+    for ph, pname in graph.param_names.items():
+        node = placeholders[ph]
+        if not node.users:  # the unused twin of a tied parameter: its alias carries the flow
+            continue
+        for d in range(node.meta["val"].dim()):
+            lab = comps.of((ph, 0, d))
+            labs.append(lab)
+            sids.append(np.full(len(lab), len(slots), dtype=np.int64))
+            idxs.append(np.arange(len(lab), dtype=np.int64))
+            slots.append((pname, d, node))
+    if not slots:
+        return []
+    lab, sid, idx = (np.concatenate(x) for x in (labs, sids, idxs))
+    base_slot = np.array([not is_adapter_param(p) for p, _, _ in slots])
+    keep = ~comps.frozen[lab]
+    has_base = np.zeros(len(comps.frozen), dtype=bool)
+    has_base[lab[base_slot[sid]]] = True
+    keep &= has_base[lab]
+    lab, sid, idx = lab[keep], sid[keep], idx[keep]
+    order = np.lexsort((idx, sid, lab))
+    lab, sid, idx = lab[order], sid[order], idx[order]
+
+    # a component's signature: which slots it touches and how many indices each
+    pair_start = np.flatnonzero(np.r_[True, (lab[1:] != lab[:-1]) | (sid[1:] != sid[:-1])])
+    pair_lab, pair_sid = lab[pair_start], sid[pair_start]
+    pair_cnt = np.diff(np.r_[pair_start, len(lab)])
+    comp_start = np.flatnonzero(np.r_[True, pair_lab[1:] != pair_lab[:-1]])
+    sig_of_comp: dict = {}
+    bounds = np.r_[comp_start, len(pair_lab)]
+    for a, b in zip(bounds[:-1], bounds[1:]):
+        key = (tuple(pair_sid[a:b].tolist()), tuple(pair_cnt[a:b].tolist()))
+        sig_of_comp.setdefault(key, []).append(pair_lab[a])
+
+    head_info = {}
+    for key, node in prop.head_dims:
+        q, k = node.args[0].meta["val"], node.args[1].meta["val"]
+        info = AttentionInfo(module_path(node), int(q.shape[-3]), int(k.shape[-3]), int(q.shape[-1]))
+        for c in np.unique(comps.of(key)):
+            head_info[int(c)] = info
+    embed_tables = {
+        n.args[0].name for n in graph.graph.nodes
+        if n.op == "call_function" and _op_name(n.target) == "aten.embedding"
+    }
+    reduced = {}  # component -> list of (reduction node, kind)
+    for node, key, kind in prop.reductions:
+        for c in np.unique(comps.of(key)):
+            reduced.setdefault(int(c), []).append((node, kind))
+
+    comp_pos = {int(c): i for i, c in enumerate(lab[np.r_[True, lab[1:] != lab[:-1]]])}
+    comp_first = np.flatnonzero(np.r_[True, lab[1:] != lab[:-1]])
+    groups = []
+    for (slot_ids, counts), comp_labels in sig_of_comp.items():
+        comp_labels = np.array(comp_labels)
+        starts = comp_first[[comp_pos[int(c)] for c in comp_labels]]
+        slices = []
+        offset = 0
+        for s, w in zip(slot_ids, counts):
+            cols = starts[:, None] + offset + np.arange(w)[None, :]
+            slices.append(ParamSlice(slots[s][0], slots[s][1], idx[cols]))
+            offset += w
+        order = np.argsort(slices[0].indices[:, 0])
+        slices = [ParamSlice(s.param, s.dim, s.indices[order]) for s in slices]
+        present = {s.param for s in slices}
+        slices = tuple(slices + [
+            ParamSlice(alias, s.dim, s.indices)
+            for s in slices for alias in graph.aliases.get(s.param, ()) if alias not in present
+        ])
+        c0 = int(comp_labels[0])
+        names = [slots[s][0] for s in slot_ids]
+        layers = {_layer_of(n) for n in names if not is_adapter_param(n)}
+        if c0 in head_info:
+            kind = "attention_head"
+        elif len(layers) > 1 or any(slots[s][2].name in embed_tables for s in slot_ids):
+            kind = "hidden"
+        elif len(layers) == 1 and None not in layers:
+            kind = "ffn"
+        else:
+            kind = "other"
+        rms, ln = [], []
+        for node, rkind in reduced.get(c0, []):
+            mod = module_path(node)
+            for s in slot_ids:
+                pname, d, ph = slots[s]
+                if ph.meta["val"].dim() == 1 and pname.rsplit(".", 1)[0] == mod:
+                    if rkind == "aten.mean" and (pname, _norm_offset(ph)) not in rms:
+                        rms.append((pname, _norm_offset(ph)))
+                    elif rkind in ("aten.layer_norm", "aten.var") and pname not in ln:
+                        ln.append(pname)
+                    elif rkind == "aten.rms_norm" and (pname, 0.0) not in rms:
+                        rms.append((pname, 0.0))
+        layer = layers.pop() if len(layers) == 1 else None
+        groups.append(RemovalGroup(
+            id="", kind=kind, layer=None if kind == "hidden" else layer,
+            n_channels=len(comp_labels), slices=slices,
+            attention=_with_kv_heads(head_info.get(c0), len(comp_labels)) if kind == "attention_head" else None,
+            rms_norm_weights=tuple(rms), layer_norm_params=tuple(ln),
+        ))
+    groups.sort(key=lambda g: (g.layer if g.layer is not None else -1, KINDS.index(g.kind), g.slices[0].param))
+    seen: dict = {}
+    for g in groups:
+        base = g.kind if g.layer is None else f"{g.kind}.L{g.layer}"
+        n = seen.get(base, 0)
+        seen[base] = n + 1
+        g.id = base if n == 0 else f"{base}.{n}"
+    return groups
+
+
+def group_counts(groups: list) -> dict:
+    """Channels per kind per layer: ``{kind: {layer: n_channels}}``."""
+    out: dict = {}
+    for g in groups:
+        out.setdefault(g.kind, {})
+        out[g.kind][g.layer] = out[g.kind].get(g.layer, 0) + g.n_channels
+    return out

@@ -1,0 +1,276 @@
+"""Prune plans: which channels of which removal groups go."""
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .errors import PlanError
+from .groups import RemovalGroup
+from .trace import base_model_of, fingerprint, is_adapter_param
+
+
+@dataclass
+class GroupRemoval:
+    """The channels removed from one group, and the exact parameter indices.
+
+    ``slices`` holds, per parameter dim, its original ``size`` and the sorted
+    ``indices`` removed: what the plan removes is written out, never implied.
+    """
+
+    group: str
+    kind: str
+    layer: int | None
+    n_channels: int
+    channels: list
+    slices: list  # [{"param", "dim", "size", "indices"}]
+    rms_norm_weights: list = field(default_factory=list)  # [[param, offset]]
+    layer_norm_params: list = field(default_factory=list)
+    module: str | None = None  # the attention module, for attention_head groups
+
+    @property
+    def kept(self) -> int:
+        return self.n_channels - len(self.channels)
+
+
+@dataclass
+class PrunePlan:
+    """Channels to remove per removal group, tied to one model structure.
+
+    Attributes
+    ----------
+    model_class, fingerprint : str
+        The structure the plan was made for (:func:`shear_graph.trace.fingerprint`);
+        :func:`apply_plan` and :func:`mask_plan` refuse any other.
+    removals : list of GroupRemoval
+        One entry per group that loses channels.
+    groups : dict
+        Every group of the model (pruned or not): id -> ``{"kind", "layer",
+        "n_channels"}``, and for attention modules ``{"module", "num_heads",
+        "num_kv_heads", "head_dim"}`` before pruning.
+    """
+
+    model_class: str
+    fingerprint: str
+    removals: list
+    groups: dict = field(default_factory=dict)
+    method: str = "manual"
+
+    # -- construction ----------------------------------------------------
+    @classmethod
+    def from_channels(cls, model: torch.nn.Module, groups: list, channels: dict, method: str = "manual") -> "PrunePlan":
+        """Build a plan removing ``channels[group_id]`` (channel indices) per group.
+
+        Raises
+        ------
+        PlanError
+            Unknown group id, a channel index out of range or repeated, or every
+            channel of a group removed (a layer with zero heads or zero FFN
+            width cannot run).
+        """
+        by_id = {g.id: g for g in groups}
+        removals = []
+        for gid, chans in channels.items():
+            if gid not in by_id:
+                raise PlanError(f"unknown removal group '{gid}'; known ids: {', '.join(sorted(by_id)[:8])}, ...")
+            g = by_id[gid]
+            chans = sorted(int(c) for c in chans)
+            if len(set(chans)) != len(chans):
+                raise PlanError(f"group {gid}: a channel is listed twice")
+            if chans and (chans[0] < 0 or chans[-1] >= g.n_channels):
+                raise PlanError(f"group {gid} has channels 0..{g.n_channels - 1}; got {chans[0]}..{chans[-1]}")
+            if len(chans) == g.n_channels:
+                raise PlanError(
+                    f"plan removes all {g.n_channels} channels of group {gid} ({g.kind}); "
+                    "keep at least one so the layer still runs"
+                )
+            if not chans:
+                continue
+            removals.append(GroupRemoval(
+                group=gid, kind=g.kind, layer=g.layer, n_channels=g.n_channels, channels=chans,
+                slices=[{"param": s.param, "dim": s.dim, "size": _dim_size(model, s.param, s.dim),
+                         "indices": np.sort(s.indices[chans].ravel()).tolist()} for s in g.slices],
+                rms_norm_weights=[list(x) for x in g.rms_norm_weights],
+                layer_norm_params=list(g.layer_norm_params),
+                module=g.attention.module if g.attention else None,
+            ))
+        widths = {}
+        for g in groups:
+            widths[g.id] = {"kind": g.kind, "layer": g.layer, "n_channels": g.n_channels}
+            if g.attention is not None:
+                widths[g.id].update(module=g.attention.module, num_heads=g.attention.num_heads,
+                                    num_kv_heads=g.attention.num_kv_heads, head_dim=g.attention.head_dim)
+        return cls(type(model).__name__, fingerprint(model), removals, widths, method)
+
+    # -- reading -----------------------------------------------------------
+    def removed_indices(self) -> dict:
+        """``{param: {dim: sorted removed indices}}`` over all groups."""
+        out: dict = {}
+        for r in self.removals:
+            for s in r.slices:
+                out.setdefault(s["param"], {}).setdefault(s["dim"], set()).update(s["indices"])
+        return {p: {d: sorted(v) for d, v in dims.items()} for p, dims in out.items()}
+
+    def check_model(self, model: torch.nn.Module) -> None:
+        """Raise :class:`PlanError` unless ``model`` has the structure the plan was made for."""
+        fp = fingerprint(model)
+        if fp != self.fingerprint:
+            raise PlanError(
+                f"this plan was made for a {self.model_class} with fingerprint {self.fingerprint}; "
+                f"the model given is a {type(model).__name__} with fingerprint {fp}. "
+                "Make the plan on this model (trace it and find its groups again)."
+            )
+
+    def widths_after(self) -> dict:
+        """Group id -> channels kept, for every group of the model."""
+        kept = {gid: g["n_channels"] for gid, g in self.groups.items()}
+        for r in self.removals:
+            kept[r.group] = r.kept
+        return kept
+
+    def summary(self) -> list:
+        """One row per group: ``(group, kind, layer, removed, total)``."""
+        return [(r.group, r.kind, r.layer, len(r.channels), r.n_channels) for r in self.removals]
+
+    def __str__(self) -> str:
+        rows = [f"PrunePlan({self.method}) for {self.model_class} [{self.fingerprint}]: "
+                f"{sum(len(r.channels) for r in self.removals)} channels in {len(self.removals)} groups"]
+        rows += [f"  {g:<24} {k:<15} removes {n:>6} of {t:>6}" for g, k, _, n, t in self.summary()]
+        return "\n".join(rows)
+
+    # -- JSON ----------------------------------------------------------------
+    def to_json(self) -> str:
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str) -> "PrunePlan":
+        """Parse a plan; raises :class:`PlanError` on malformed JSON."""
+        try:
+            d = json.loads(text)
+            d["removals"] = [GroupRemoval(**r) for r in d["removals"]]
+            return cls(**d)
+        except (ValueError, TypeError, KeyError) as e:
+            raise PlanError(f"not a shear-graph prune plan: {e}") from e
+
+    def save(self, path) -> None:
+        """Write the plan as JSON atomically (a temp file, then rename)."""
+        atomic_write_text(Path(path), self.to_json())
+
+    @classmethod
+    def load(cls, path) -> "PrunePlan":
+        path = Path(path)
+        if not path.is_file():
+            raise PlanError(f"no plan file at {path}")
+        return cls.from_json(path.read_text())
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+def _params_by_name(model) -> dict:
+    return dict(model.named_parameters(remove_duplicate=False))
+
+
+def _dim_size(model, name, dim) -> int:
+    p = _params_by_name(model).get(name)
+    if p is None:
+        raise PlanError(f"model has no parameter {name}")
+    return int(p.shape[dim])
+
+
+def count_params(model: torch.nn.Module, removed: dict | None = None) -> int:
+    """Base-model parameters (LoRA excluded, tied counted once), optionally after
+    removing ``removed = {param: {dim: indices}}``."""
+    total, seen = 0, set()
+    for name, p in model.named_parameters(remove_duplicate=False):
+        if id(p) in seen or is_adapter_param(name):
+            continue
+        seen.add(id(p))
+        shape = list(p.shape)
+        for d, idx in (removed or {}).get(name, {}).items():
+            shape[d] -= len(idx)
+        total += math.prod(shape)
+    return total
+
+
+def channel_magnitude(model: torch.nn.Module, group: RemovalGroup) -> torch.Tensor:
+    """Squared L2 norm of each channel's weights, summed over the group's slices
+    of base parameters: float32 tensor of shape [n_channels]."""
+    params = _params_by_name(model)
+    score = torch.zeros(group.n_channels)
+    with torch.no_grad():
+        for s in group.slices:
+            if is_adapter_param(s.param) or s.param not in params:
+                continue
+            w = params[s.param].detach().float()
+            per_index = w.pow(2).sum(dim=[d for d in range(w.dim()) if d != s.dim]) if w.dim() > 1 else w.pow(2)
+            score += per_index.cpu()[torch.as_tensor(s.indices)].sum(1)
+    return score
+
+
+def plan_by_magnitude(model: torch.nn.Module, groups: list, ratio: float, kinds=None) -> PrunePlan:
+    """Remove ``ratio`` of the model's parameters, lowest-magnitude channels first.
+
+    Every selected group loses the same fraction of its channels (rounded,
+    at least one channel kept); the fraction is found by bisection so that the
+    parameters removed reach ``ratio`` of :func:`count_params`. Within a group,
+    channels with the smallest squared L2 norm go first.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+    groups : list of RemovalGroup
+    ratio : float
+        Fraction of total base parameters to remove, in [0, 1).
+    kinds : iterable of str, optional
+        Group kinds to prune (default: all).
+
+    Raises
+    ------
+    PlanError
+        ``ratio`` outside [0, 1), or not reachable with the kinds allowed (the
+        message gives the largest reachable ratio).
+    """
+    if not isinstance(ratio, (int, float)) or not 0 <= ratio < 1 or math.isnan(ratio):
+        raise PlanError(f"ratio must be in [0, 1), got {ratio}")
+    kinds = set(kinds) if kinds else None
+    chosen = [g for g in groups if kinds is None or g.kind in kinds]
+    order = {g.id: torch.argsort(channel_magnitude(model, g)).tolist() for g in chosen}
+    total = count_params(model)
+
+    def plan_at(f: float) -> PrunePlan:
+        chans = {g.id: order[g.id][: min(int(round(f * g.n_channels)), g.n_channels - 1)] for g in chosen}
+        return PrunePlan.from_channels(model, groups, chans, method=f"magnitude(ratio={ratio})")
+
+    def removed(plan: PrunePlan) -> float:
+        return 1 - count_params(model, plan.removed_indices()) / total
+
+    best = plan_at(1.0)
+    if removed(best) < ratio:
+        raise PlanError(
+            f"ratio {ratio} cannot be reached with group kinds {sorted(kinds) if kinds else 'all'}: "
+            f"at most {removed(best):.3f} of the parameters are removable"
+        )
+    lo, hi = 0.0, 1.0
+    for _ in range(40):
+        mid = (lo + hi) / 2
+        if removed(plan_at(mid)) >= ratio:
+            hi = mid
+        else:
+            lo = mid
+    return plan_at(hi)

@@ -1,0 +1,215 @@
+"""Apply a prune plan: by masking (zeroing slices) or physically (slicing)."""
+from __future__ import annotations
+
+import copy
+import math
+
+import torch
+from torch import nn
+
+from .plan import PrunePlan
+from .rebuild import derive_attention, intermediate_key, sync_shape_attributes
+from .trace import base_model_of
+
+METADATA_KEY = "shear_graph"
+EPS_ATTRS = ("variance_epsilon", "eps", "epsilon")
+HIDDEN_ALIAS_KEYS = ("word_embed_proj_dim", "embedding_size")
+EPS_CONFIG_KEYS = ("rms_norm_eps", "norm_eps", "layer_norm_eps")
+
+
+def _set_param(model: nn.Module, name: str, param: nn.Parameter) -> None:
+    owner, _, attr = name.rpartition(".")
+    setattr(model.get_submodule(owner) if owner else model, attr, param)
+
+
+def mask_plan(model: nn.Module, plan: PrunePlan, inplace: bool = False) -> nn.Module:
+    """A copy of ``model`` with every slice the plan removes set to zero.
+
+    The masked model has the original shapes; for attention-head and FFN
+    groups its logits equal those of :func:`apply_plan` (the oracle).
+
+    Raises
+    ------
+    PlanError
+        If the plan was made for a different model structure.
+    """
+    plan.check_model(model)
+    out = model if inplace else copy.deepcopy(model)
+    params = dict(out.named_parameters(remove_duplicate=False))
+    with torch.no_grad():
+        for name, dims in plan.removed_indices().items():
+            p = params[name]
+            for d, idx in dims.items():
+                p.index_fill_(d, torch.tensor(idx, device=p.device), 0)
+    return out
+
+
+def apply_plan(model: nn.Module, plan: PrunePlan, inplace: bool = False) -> nn.Module:
+    """Physically remove the plan's channels: a new, smaller model.
+
+    Parameters are sliced (tied parameters stay one tensor); RMSNorm weights
+    over a pruned dim are rescaled by ``sqrt(N / K)`` so that the mean over the
+    K kept channels equals the masked mean over N; the config is derived from
+    the new shapes (``hidden_size``, per-layer ``num_attention_heads``,
+    ``num_key_value_heads``, intermediate size, explicit ``head_dim``) and
+    recorded per layer under ``config.shear_graph``; attention modules take
+    their attributes from their constructor on that config.
+
+    Parameters
+    ----------
+    model : nn.Module
+        A transformers model, optionally peft-wrapped. Not modified unless
+        ``inplace=True``.
+    plan : PrunePlan
+
+    Returns
+    -------
+    nn.Module
+        Same class as ``model``, same device and dtype, fewer parameters.
+
+    Raises
+    ------
+    PlanError
+        If the plan was made for a different model structure.
+    """
+    plan.check_model(model)
+    out = model if inplace else copy.deepcopy(model)
+    removed = plan.removed_indices()
+    named = dict(out.named_parameters(remove_duplicate=False))
+    done: dict = {}
+    with torch.no_grad():
+        for name, dims in removed.items():
+            p = named[name]
+            if id(p) not in done:
+                w = p.data
+                for d, idx in dims.items():
+                    keep = torch.ones(w.shape[d], dtype=torch.bool)
+                    keep[idx] = False
+                    w = w.index_select(d, keep.nonzero().squeeze(1).to(w.device))
+                done[id(p)] = nn.Parameter(w.clone(), requires_grad=p.requires_grad)
+            _set_param(out, name, done[id(p)])
+    norm_eps = _rescale_rms_norms(out, plan)
+    sync_shape_attributes(out)
+    base = base_model_of(out)
+    attention = derive_config(base.config, plan, norm_eps)
+    derive_attention(out, base.config, attention)
+    base.config.shear_graph["scalar_buffers"] = _scalar_buffers(base)
+    return out
+
+
+def _scalar_buffers(model: nn.Module) -> dict:
+    """Non-persistent one-element buffers (e.g. Gemma's embedding scale
+    sqrt(hidden_size)): a model rebuilt from the pruned config would recompute
+    them from the new widths, so their values travel in the config."""
+    out = {}
+    for path, m in model.named_modules():
+        for name, b in m._buffers.items():
+            if b is not None and b.numel() == 1 and name in m._non_persistent_buffers_set and b.is_floating_point():
+                out[f"{path}.{name}" if path else name] = float(b)
+    return out
+
+
+def _keep_config_valid(config) -> None:
+    """transformers refuses some configs the models run fine with (Llama:
+    hidden_size not a multiple of num_attention_heads, even with an explicit
+    head_dim). Then the top-level head counts fall back to 1 and the real
+    counts live per attention module in ``config.shear_graph``; such a model
+    loads with :func:`shear_graph.load_pruned` only."""
+    validate = getattr(config, "validate", None)
+    if validate is None:
+        return
+    try:
+        validate()
+    except Exception:  # the strict-dataclass error type varies across versions
+        for key in ("num_attention_heads", "num_key_value_heads"):
+            if getattr(config, key, None):
+                setattr(config, key, 1)
+        validate()
+
+
+def _rescale_rms_norms(model: nn.Module, plan: PrunePlan) -> dict:
+    """RMSNorm over N channels of which K are kept: ``mean(x^2)`` over K is N/K
+    times the masked mean over N. Scaling ``offset + w`` by ``sqrt(N/K)`` and
+    ``eps`` by ``N/K`` makes the pruned norm equal the masked one exactly:
+    ``w' x / sqrt(S/K + eps N/K) = w x / sqrt(S/N + eps)``.
+
+    Returns ``{norm module path: new eps}``.
+    """
+    params = dict(model.named_parameters(remove_duplicate=False))
+    done, eps = set(), {}
+    with torch.no_grad():
+        for r in plan.removals:
+            for name, offset in r.rms_norm_weights:
+                if name in done:
+                    continue
+                done.add(name)
+                p = params[name]
+                n = next(s["size"] for s in r.slices if s["param"] == name)
+                p.copy_((p + offset) * math.sqrt(n / p.shape[0]) - offset)
+                owner = name.rpartition(".")[0]
+                module = model.get_submodule(owner)
+                attr = next((a for a in EPS_ATTRS if isinstance(getattr(module, a, None), float)), None)
+                if attr is not None:
+                    setattr(module, attr, getattr(module, attr) * n / p.shape[0])
+                    eps[owner] = getattr(module, attr)
+    untouched = [path for path, m in model.named_modules() if path not in eps
+                 and any(isinstance(getattr(m, a, None), float) for a in EPS_ATTRS) and "Norm" in type(m).__name__]
+    return {"modules": eps, "all_norms": not untouched}
+
+
+def derive_config(config, plan: PrunePlan, norm_eps: dict | None = None) -> dict:
+    """Write the pruned widths into ``config``.
+
+    Widths equal across layers go to the top-level keys (``hidden_size``,
+    ``num_attention_heads``, ``num_key_value_heads``, the intermediate-size key,
+    ``head_dim``), so plain ``from_pretrained`` can load uniform models; the
+    per-layer widths and each attention module's head layout go under
+    ``config.shear_graph``, which :func:`shear_graph.load_pruned` reads.
+
+    Returns
+    -------
+    dict
+        Attention module path -> ``{"num_heads", "num_kv_heads", "head_dim"}`` after pruning.
+    """
+    kept = plan.widths_after()
+    attention, layers = {}, {}
+    ffn_key = None
+    for gid, g in plan.groups.items():
+        if g["kind"] == "hidden":
+            for key in HIDDEN_ALIAS_KEYS:  # e.g. OPT's word_embed_proj_dim == hidden_size
+                if getattr(config, key, None) == config.hidden_size:
+                    setattr(config, key, kept[gid])
+            config.hidden_size = kept[gid]
+        elif g["kind"] == "ffn" and g["layer"] is not None:
+            ffn_key = ffn_key or intermediate_key(config, g["n_channels"])
+            layers.setdefault(g["layer"], {})["intermediate_size"] = kept[gid]
+        elif g["kind"] == "attention_head":
+            q_per_kv = g["num_heads"] // g["num_kv_heads"]
+            a = {"num_heads": kept[gid] * q_per_kv, "num_kv_heads": kept[gid], "head_dim": g["head_dim"]}
+            attention[g["module"]] = a
+            layers.setdefault(g["layer"], {}).update(
+                num_attention_heads=a["num_heads"], num_key_value_heads=a["num_kv_heads"])
+    head_dims = {a["head_dim"] for a in attention.values()}
+    if len(head_dims) == 1:
+        config.head_dim = head_dims.pop()  # explicit, as hidden_size // heads no longer holds
+    for key, cfg_key in (("num_attention_heads", "num_attention_heads"),
+                         ("num_key_value_heads", "num_key_value_heads"), ("intermediate_size", ffn_key)):
+        values = [v[key] for v in layers.values() if key in v]
+        if cfg_key and values and len(set(values)) == 1 and len(values) == len(layers):
+            setattr(config, cfg_key, values[0])
+    norm_eps = norm_eps or {"modules": {}, "all_norms": False}
+    values = set(norm_eps["modules"].values())
+    if norm_eps["all_norms"] and len(values) == 1:
+        # every norm was rescaled alike: the top-level eps can say so
+        key = next((k for k in EPS_CONFIG_KEYS if isinstance(getattr(config, k, None), float)), None)
+        if key is not None:
+            setattr(config, key, values.pop())
+    _keep_config_valid(config)
+    setattr(config, METADATA_KEY, {
+        "version": 1,
+        "method": plan.method,
+        "norm_eps": dict(norm_eps["modules"]),
+        "attention": attention,
+        "layers": {str(k): layers[k] for k in sorted(layers)},
+    })
+    return attention

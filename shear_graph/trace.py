@@ -1,0 +1,190 @@
+"""Trace a Hugging Face model (optionally with peft LoRA adaptors) into a ShearGraph."""
+from __future__ import annotations
+
+import hashlib
+import inspect
+import json
+from dataclasses import dataclass, field
+from functools import cached_property
+
+import networkx as nx
+import torch
+from torch.export import ExportedProgram
+
+from .errors import TraceError
+
+ADAPTER_MARKERS = (".lora_A.", ".lora_B.", ".lora_embedding_A.", ".lora_embedding_B.", ".lora_magnitude_vector.")
+
+
+def is_adapter_param(name: str) -> bool:
+    """True for peft LoRA parameters (their rank dim is never a removal group)."""
+    return any(m in name for m in ADAPTER_MARKERS)
+
+
+def base_model_of(model: torch.nn.Module) -> torch.nn.Module:
+    """The transformers model under a peft wrapper (the model itself otherwise)."""
+    get = getattr(model, "get_base_model", None)
+    return get() if callable(get) else model
+
+
+def fingerprint(model: torch.nn.Module) -> str:
+    """Identity of a model's structure: class and every parameter's name and shape.
+
+    Two models with equal fingerprints accept the same prune plans.
+    """
+    h = hashlib.sha256(type(model).__name__.encode())
+    for name, p in model.named_parameters(remove_duplicate=False):
+        h.update(f"{name}:{tuple(p.shape)};".encode())
+    return h.hexdigest()[:16]
+
+
+@dataclass
+class ShearGraph:
+    """A traced model: the ``torch.export`` program and its parameters.
+
+    Attributes
+    ----------
+    program : torch.export.ExportedProgram
+        The non-strict export of ``model(input_ids, use_cache=False)``.
+    param_names : dict
+        Placeholder node name -> parameter name (``model.layers.0.mlp.up_proj.weight``).
+    aliases : dict
+        Parameter name -> every name sharing its tensor (tied embeddings).
+    model_class, fingerprint : str
+        The traced model's class and structural identity (see :func:`fingerprint`).
+    """
+
+    program: ExportedProgram
+    param_names: dict
+    aliases: dict
+    model_class: str
+    fingerprint: str
+    config: dict = field(default_factory=dict)
+
+    @property
+    def graph(self) -> torch.fx.Graph:
+        """The FX graph of aten ops."""
+        return self.program.graph
+
+    @cached_property
+    def nx(self) -> nx.DiGraph:
+        """A ``networkx.DiGraph`` view: one node per FX node, edges are tensor flows.
+
+        Node attributes: ``op`` (aten op or placeholder/output), ``module``
+        (module path), ``shape`` (tuple), ``dtype`` (str), ``param`` (parameter
+        name or None).
+        """
+        from .rules import module_path, _op_name
+
+        g = nx.DiGraph()
+        for node in self.graph.nodes:
+            val = node.meta.get("val")
+            g.add_node(
+                node.name,
+                op=_op_name(node.target) if node.op == "call_function" else node.op,
+                module=module_path(node),
+                shape=tuple(val.shape) if isinstance(val, torch.Tensor) else None,
+                dtype=str(val.dtype) if isinstance(val, torch.Tensor) else None,
+                param=self.param_names.get(node.name),
+            )
+            for src in node.all_input_nodes:
+                g.add_edge(src.name, node.name)
+        return g
+
+
+def _model_from_config(config) -> torch.nn.Module:
+    from transformers import AutoModel, AutoModelForCausalLM, AutoModelForMaskedLM
+
+    with torch.device("meta"):
+        for auto in (AutoModelForCausalLM, AutoModelForMaskedLM, AutoModel):
+            try:
+                return auto.from_config(config)
+            except ValueError:
+                continue
+    raise TraceError(f"no transformers model class for config {type(config).__name__}")
+
+
+def example_inputs(model: torch.nn.Module, batch: int = 2, seq_len: int = 7) -> dict:
+    """Keyword inputs used for tracing: random ``input_ids`` [batch, seq_len] on
+    the model's device, plus ``use_cache=False`` where the forward takes it (a
+    cache object output cannot be exported)."""
+    base = base_model_of(model)
+    p = next(base.parameters())
+    vocab = getattr(base.config, "vocab_size", 2) or 2
+    ids = torch.randint(0, min(vocab, 100), (batch, seq_len), device=p.device)
+    kwargs = {"input_ids": ids}
+    if "use_cache" in inspect.signature(base.forward).parameters:
+        kwargs["use_cache"] = False
+    return kwargs
+
+
+def trace(model_or_config, *, batch: int = 2, seq_len: int = 7) -> ShearGraph:
+    """Export a model to a :class:`ShearGraph`.
+
+    Parameters
+    ----------
+    model_or_config : torch.nn.Module or transformers.PretrainedConfig
+        A transformers model, possibly wrapped by ``peft.get_peft_model``, on
+        any device (``meta`` included); or a config, from which the model is
+        built on the meta device (no weights: a 70B config traces in minutes).
+    batch, seq_len : int
+        Shape of the random ``input_ids`` used to trace. Shapes do not affect
+        the groups found.
+
+    Returns
+    -------
+    ShearGraph
+
+    Raises
+    ------
+    TraceError
+        If ``torch.export`` fails; the message carries export's reason.
+    TypeError
+        If the argument is neither a module nor a config.
+
+    Examples
+    --------
+    >>> from transformers import LlamaConfig
+    >>> g = trace(LlamaConfig(hidden_size=64, intermediate_size=96, num_hidden_layers=1,
+    ...                       num_attention_heads=4, vocab_size=100))
+    >>> g.nx.number_of_nodes() > 0
+    True
+    """
+    from transformers import PretrainedConfig
+
+    if isinstance(model_or_config, PretrainedConfig):
+        model = _model_from_config(model_or_config)
+    elif isinstance(model_or_config, torch.nn.Module):
+        model = model_or_config
+    else:
+        raise TypeError(
+            f"trace() takes a transformers model or config, got {type(model_or_config).__name__}"
+        )
+    kwargs = example_inputs(model, batch, seq_len)
+    was_training = model.training
+    model.eval()
+    try:
+        program = torch.export.export(model, (), kwargs, strict=False)
+    except Exception as e:  # export raises many types; the user needs the reason
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise TraceError(
+            f"torch.export could not trace {type(model).__name__}: {first}. "
+            "Check that model(input_ids=...) runs; custom ops need a torch.export-compatible version."
+        ) from e
+    finally:
+        model.train(was_training)
+
+    names: dict = {}
+    for name, p in model.named_parameters(remove_duplicate=False):
+        names.setdefault(id(p), []).append(name)
+    aliases = {n: ns for ns in names.values() for n in ns}
+    base = base_model_of(model)
+    config = base.config.to_dict() if hasattr(base, "config") else {}
+    return ShearGraph(
+        program=program,
+        param_names=dict(program.graph_signature.inputs_to_parameters),
+        aliases=aliases,
+        model_class=type(model).__name__,
+        fingerprint=fingerprint(model),
+        config=json.loads(json.dumps(config, default=str)),
+    )
