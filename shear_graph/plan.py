@@ -29,7 +29,7 @@ class GroupRemoval:
     layer: int | None
     n_channels: int
     channels: list
-    slices: list  # [{"param", "dim", "size", "indices"}]
+    slices: list  # [{"param", "dim", "size", "width", "indices"}]
     rms_norm_weights: list = field(default_factory=list)  # [[param, offset]]
     layer_norm_params: list = field(default_factory=list)
     module: str | None = None  # the attention module, for attention_head groups
@@ -94,7 +94,7 @@ class PrunePlan:
                 continue
             removals.append(GroupRemoval(
                 group=gid, kind=g.kind, layer=g.layer, n_channels=g.n_channels, channels=chans,
-                slices=[{"param": s.param, "dim": s.dim, "size": _dim_size(model, s.param, s.dim),
+                slices=[{"param": s.param, "dim": s.dim, "size": _dim_size(model, s.param, s.dim), "width": s.width,
                          "indices": np.sort(s.indices[chans].ravel()).tolist()} for s in g.slices],
                 rms_norm_weights=[list(x) for x in g.rms_norm_weights],
                 layer_norm_params=list(g.layer_norm_params),
@@ -118,7 +118,23 @@ class PrunePlan:
         return {p: {d: sorted(v) for d, v in dims.items()} for p, dims in out.items()}
 
     def check_model(self, model: torch.nn.Module) -> None:
-        """Raise :class:`PlanError` unless ``model`` has the structure the plan was made for."""
+        """Raise :class:`PlanError` unless ``model`` has the structure the plan
+        was made for and every removal is whole channels of its group."""
+        for r in self.removals:
+            kept = r.n_channels - len(r.channels)
+            if kept < 1:
+                raise PlanError(f"plan removes all {r.n_channels} channels of group {r.group}; keep at least one")
+            for s in r.slices:
+                idx = s["indices"]
+                if len(idx) != len(r.channels) * s["width"] or len(set(idx)) != len(idx) or \
+                        (idx and not 0 <= min(idx) <= max(idx) < s["size"]):
+                    what = ("it would break the query/KV head ratio (a KV head goes only with all of its query heads)"
+                            if r.kind == "attention_head" else "a channel is removed only in part")
+                    raise PlanError(
+                        f"plan entry for group {r.group} removes {len(idx)} indices of {s['param']} (dim {s['dim']}) "
+                        f"for {len(r.channels)} channels of width {s['width']}: {what}. Make plans with "
+                        "PrunePlan.from_channels, not by editing the JSON."
+                    )
         fp = fingerprint(model)
         if fp != self.fingerprint:
             raise PlanError(

@@ -1,0 +1,144 @@
+"""Pruned models save, reload in a fresh process, and generate; the peers'
+known failures (stale config, GQA, tied weights, odd widths) each a test."""
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, LlamaConfig
+
+import shear_graph as sg
+from conftest import build, family_config, input_ids, logits, random_channels
+
+
+def reload_in_fresh_process(path, ids, tmp_path, plain=False):
+    """Logits of the saved model computed by a new Python process."""
+    out = tmp_path / "logits.pt"
+    torch.save(ids, tmp_path / "ids.pt")
+    load = (f"AutoModelForCausalLM.from_pretrained({str(path)!r}).eval()" if plain
+            else f"shear_graph.load_pruned({str(path)!r})")
+    code = textwrap.dedent(f"""
+        import torch, shear_graph
+        from transformers import AutoModelForCausalLM
+        model = {load}
+        ids = torch.load({str(tmp_path / 'ids.pt')!r})
+        with torch.no_grad():
+            torch.save(model(input_ids=ids).logits, {str(out)!r})
+    """)
+    subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)
+    return torch.load(out)
+
+
+def prune_all_kinds(model, seed=0):
+    groups = sg.find_groups(sg.trace(model))
+    channels = {}
+    for kind in ("attention_head", "ffn", "hidden"):
+        channels.update(random_channels(groups, kind, seed=seed))
+    return sg.apply_plan(model, sg.PrunePlan.from_channels(model, groups, channels))
+
+
+@pytest.mark.parametrize("name", ["llama", "phi3", "gemma", "gpt2", "opt", "bert"])
+def test_per_layer_widths_reload_in_a_fresh_process(name, tmp_path):
+    model = build(name)
+    groups = sg.find_groups(sg.trace(model))
+    # layer 0 loses one KV head and 10 FFN channels, layer 1 none and 20
+    heads = {g.id: [0] for g in groups if g.kind == "attention_head" and g.layer == 0}
+    ffn = {g.id: list(range(10 * (g.layer + 1))) for g in groups if g.kind == "ffn"}
+    hidden = {g.id: [3, 7, 11] for g in groups if g.kind == "hidden"}
+    pruned = sg.apply_plan(model, sg.PrunePlan.from_channels(model, groups, {**heads, **ffn, **hidden}))
+    layers = pruned.config.shear_graph["layers"]
+    assert layers["0"]["intermediate_size"] != layers["1"]["intermediate_size"]
+    assert layers["0"]["num_attention_heads"] < layers["1"]["num_attention_heads"]
+    sg.save_pruned(pruned, tmp_path / "m")
+    ids = input_ids()
+    torch.testing.assert_close(reload_in_fresh_process(tmp_path / "m", ids, tmp_path), logits(pruned, ids),
+                               atol=0, rtol=0)
+
+
+def test_uniform_widths_load_with_plain_from_pretrained(tmp_path):
+    model = build("llama")
+    groups = sg.find_groups(sg.trace(model))
+    plan = sg.PrunePlan.from_channels(model, groups, {"attention_head.L0": [1], "attention_head.L1": [0],
+                                                      "ffn.L0": [1, 2], "ffn.L1": [3, 4], "hidden": [0, 5, 9, 10]})
+    pruned = sg.apply_plan(model, plan)
+    # KV heads pruned: the config must say so, and the q/KV ratio must hold
+    assert (pruned.config.num_key_value_heads, pruned.config.num_attention_heads) == (1, 4)
+    assert (pruned.config.hidden_size, pruned.config.head_dim, pruned.config.intermediate_size) == (60, 8, 94)
+    sg.save_pruned(pruned, tmp_path / "m")
+    ids = input_ids()
+    torch.testing.assert_close(reload_in_fresh_process(tmp_path / "m", ids, tmp_path, plain=True),
+                               logits(pruned, ids), atol=0, rtol=0)
+
+
+def test_hidden_size_not_divisible_by_head_count(tmp_path):
+    model = build("llama")
+    groups = sg.find_groups(sg.trace(model))
+    plan = sg.PrunePlan.from_channels(model, groups, {"hidden": [1, 2, 3]})  # 61 channels, 8 heads
+    pruned = sg.apply_plan(model, plan)
+    ids = input_ids()
+    torch.testing.assert_close(logits(pruned, ids), logits(sg.mask_plan(model, plan), ids), atol=1e-5, rtol=0)
+    assert pruned.config.hidden_size == 61
+    sg.save_pruned(pruned, tmp_path / "m")
+    torch.testing.assert_close(reload_in_fresh_process(tmp_path / "m", ids, tmp_path), logits(pruned, ids),
+                               atol=0, rtol=0)
+
+
+def test_tied_embeddings_stay_tied(tmp_path):
+    cfg = family_config("llama")
+    cfg.tie_word_embeddings = True
+    pruned = prune_all_kinds(build("llama", config=cfg))
+    assert pruned.lm_head.weight is pruned.model.embed_tokens.weight
+    sg.save_pruned(pruned, tmp_path / "m")
+    again = sg.load_pruned(tmp_path / "m")
+    assert again.lm_head.weight is again.model.embed_tokens.weight
+    assert again.model.embed_tokens.weight.shape[1] < 64
+
+
+def test_generate_works_on_pruned_models_with_a_cache():
+    pruned = prune_all_kinds(build("llama"))
+    out = pruned.generate(input_ids()[:, :4], max_new_tokens=6, do_sample=False, use_cache=True)
+    assert out.shape == (2, 10)
+    nocache = pruned.generate(input_ids()[:, :4], max_new_tokens=6, do_sample=False, use_cache=False)
+    assert torch.equal(out, nocache)
+
+
+def test_gqa_24_query_8_kv_heads_prunes_exactly():
+    cfg = LlamaConfig(hidden_size=96, intermediate_size=64, num_hidden_layers=2, num_attention_heads=24,
+                      num_key_value_heads=8, head_dim=4, vocab_size=128, initializer_range=0.1)
+    model = AutoModelForCausalLM.from_config(cfg).eval()
+    groups = sg.find_groups(sg.trace(model))
+    plan = sg.PrunePlan.from_channels(model, groups, random_channels(groups, "attention_head", fraction=0.4))
+    pruned = sg.apply_plan(model, plan)
+    # transformers' LlamaConfig refuses hidden 96 with 15 heads, so the counts live per layer
+    for i in range(2):
+        layer = pruned.config.shear_graph["layers"][str(i)]
+        assert (layer["num_attention_heads"], layer["num_key_value_heads"]) == (15, 5)
+        attn = pruned.model.layers[i].self_attn
+        assert attn.num_key_value_groups == 3 and attn.config.num_key_value_heads == 5
+    ids = input_ids()
+    torch.testing.assert_close(logits(pruned, ids), logits(sg.mask_plan(model, plan), ids), atol=1e-5, rtol=0)
+
+
+def test_save_refuses_existing_folder_and_is_atomic(tmp_path):
+    pruned = prune_all_kinds(build("llama"))
+    sg.save_pruned(pruned, tmp_path / "m")
+    with pytest.raises(sg.CheckpointError, match="exists; pass overwrite=True"):
+        sg.save_pruned(pruned, tmp_path / "m")
+    sg.save_pruned(pruned, tmp_path / "m", overwrite=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m"]  # no temp folders left
+
+
+def test_missing_or_corrupted_checkpoint(tmp_path):
+    with pytest.raises(sg.CheckpointError, match="no config.json"):
+        sg.load_pruned(tmp_path / "nowhere")
+    pruned = prune_all_kinds(build("llama"))
+    sg.save_pruned(pruned, tmp_path / "m")
+    weights = tmp_path / "m" / "model.safetensors"
+    data = weights.read_bytes()
+    weights.write_bytes(data[: len(data) // 2])
+    with pytest.raises(sg.CheckpointError, match="corrupted or incomplete"):
+        sg.load_pruned(tmp_path / "m")
+    weights.unlink()
+    with pytest.raises(sg.CheckpointError, match="no model.safetensors"):
+        sg.load_pruned(tmp_path / "m")

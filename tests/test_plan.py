@@ -1,0 +1,111 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+
+import shear_graph as sg
+from conftest import build, input_ids, logits
+
+
+@pytest.fixture(scope="module")
+def llama():
+    model = build("llama")
+    return model, sg.find_groups(sg.trace(model))
+
+
+def test_json_round_trip(llama, tmp_path):
+    model, groups = llama
+    plan = sg.plan_by_magnitude(model, groups, 0.3)
+    plan.save(tmp_path / "plan.json")
+    again = sg.PrunePlan.load(tmp_path / "plan.json")
+    assert again == plan
+    assert torch.equal(logits(sg.apply_plan(model, again), input_ids()), logits(sg.apply_plan(model, plan), input_ids()))
+
+
+def test_plan_reports_exactly_what_it_removes_and_skips_no_group(llama):
+    """Torch-Pruning drops GQA head groups at 50% without a word; here every
+    selected group appears, and the pruned shapes are the plan's numbers."""
+    model, groups = llama
+    plan = sg.plan_by_magnitude(model, groups, 0.5, kinds=["attention_head", "ffn"])
+    assert {r.group for r in plan.removals} == {g.id for g in groups if g.kind in ("attention_head", "ffn")}
+    pruned = sg.apply_plan(model, plan)
+    before = dict(model.named_parameters())
+    after = dict(pruned.named_parameters())
+    for r in plan.removals:
+        for s in r.slices:
+            assert after[s["param"]].shape[s["dim"]] == before[s["param"]].shape[s["dim"]] - len(s["indices"])
+    removed = 1 - sg.count_params(pruned) / sg.count_params(model)
+    assert 0.5 <= removed < 0.56
+
+
+def test_magnitude_removes_the_smallest_channels(llama):
+    model, groups = llama
+    ffn = next(g for g in groups if g.id == "ffn.L0")
+    with torch.no_grad():
+        model_ = build("llama")
+        model_.model.layers[0].mlp.up_proj.weight[[5, 17]] *= 1e-3
+        model_.model.layers[0].mlp.gate_proj.weight[[5, 17]] *= 1e-3
+        model_.model.layers[0].mlp.down_proj.weight[:, [5, 17]] *= 1e-3
+    plan = sg.plan_by_magnitude(model_, groups, 0.01, kinds=["ffn"])
+    removal = next(r for r in plan.removals if r.group == ffn.id)
+    assert {5, 17} <= set(removal.channels)
+
+
+@pytest.mark.parametrize("ratio", [-0.1, 1.0, 1.5, float("nan")])
+def test_ratio_outside_unit_interval_is_refused(llama, ratio):
+    model, groups = llama
+    with pytest.raises(sg.PlanError, match=r"ratio must be in \[0, 1\)"):
+        sg.plan_by_magnitude(model, groups, ratio)
+
+
+def test_unreachable_ratio_names_the_largest_reachable(llama):
+    model, groups = llama
+    with pytest.raises(sg.PlanError, match=r"at most 0\.138 of the parameters"):
+        sg.plan_by_magnitude(model, groups, 0.9, kinds=["attention_head"])
+
+
+def test_plan_for_another_model_is_refused(llama):
+    model, groups = llama
+    plan = sg.plan_by_magnitude(model, groups, 0.2)
+    other = build("mistral")
+    with pytest.raises(sg.PlanError, match="made for a LlamaForCausalLM"):
+        sg.apply_plan(other, plan)
+    with pytest.raises(sg.PlanError, match="made for a LlamaForCausalLM"):
+        sg.mask_plan(other, plan)
+
+
+def test_removing_every_head_of_a_layer_is_refused(llama):
+    model, groups = llama
+    with pytest.raises(sg.PlanError, match="removes all 2 channels of group attention_head.L0"):
+        sg.PrunePlan.from_channels(model, groups, {"attention_head.L0": [0, 1]})
+
+
+def test_hand_edited_plan_breaking_the_query_kv_ratio_is_refused(llama):
+    model, groups = llama
+    plan = sg.PrunePlan.from_channels(model, groups, {"attention_head.L0": [1]})
+    data = json.loads(plan.to_json())
+    q = next(s for s in data["removals"][0]["slices"] if s["param"].endswith("q_proj.weight"))
+    q["indices"] = q["indices"][:8]  # one query head, not the KV head's four
+    with pytest.raises(sg.PlanError, match="break the query/KV head ratio"):
+        sg.apply_plan(model, sg.PrunePlan.from_json(json.dumps(data)))
+
+
+def test_bad_channel_ids_and_unknown_groups(llama):
+    model, groups = llama
+    with pytest.raises(sg.PlanError, match="channels 0..95"):
+        sg.PrunePlan.from_channels(model, groups, {"ffn.L0": [96]})
+    with pytest.raises(sg.PlanError, match="unknown removal group 'ffn.L9'"):
+        sg.PrunePlan.from_channels(model, groups, {"ffn.L9": [0]})
+    with pytest.raises(sg.PlanError, match="not a shear-graph prune plan"):
+        sg.PrunePlan.from_json("{}")
+
+
+def test_inplace_changes_the_model_and_default_does_not(llama):
+    model, groups = llama
+    plan = sg.PrunePlan.from_channels(model, groups, {"ffn.L1": [0, 1, 2]})
+    copy_ = build("llama")
+    out = sg.apply_plan(copy_, plan)
+    assert out is not copy_ and copy_.model.layers[1].mlp.up_proj.weight.shape[0] == 96
+    out = sg.apply_plan(copy_, plan, inplace=True)
+    assert out is copy_ and copy_.model.layers[1].mlp.up_proj.weight.shape[0] == 93
