@@ -14,3 +14,6 @@ from .prune import apply_plan, mask_plan  # noqa: E402
 
 __all__ += ["PrunePlan", "GroupRemoval", "plan_by_magnitude", "count_params", "apply_plan", "mask_plan",
             "save_pruned", "load_pruned"]
+from .queries import groups_of_param, module_neighbors, module_nodes, path_between  # noqa: E402
+
+__all__ += ["module_nodes", "module_neighbors", "groups_of_param", "path_between"]
