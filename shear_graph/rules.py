@@ -19,7 +19,7 @@ import torch
 import torch.fx
 
 from .dims import DimSpace
-from .errors import UnsupportedOpError
+from .errors import ShearGraphError, UnsupportedOpError
 
 Rule = Callable[["Propagation", torch.fx.Node], None]
 RULES: dict[str, Rule] = {}
@@ -114,7 +114,14 @@ class Propagation:
                 rule = RULES.get(_op_name(node.target))
                 if rule is None:
                     raise UnsupportedOpError(_op_name(node.target), module_path(node))
-                rule(self, node)
+                try:
+                    rule(self, node)
+                except (ValueError, IndexError, TypeError) as e:
+                    raise ShearGraphError(
+                        f"the rule for {_op_name(node.target)} failed on node {node.name} in module "
+                        f"'{module_path(node)}': {e}. This is a shear-graph bug or an op variant the rule "
+                        "does not cover; please report it with the model config."
+                    ) from e
         return self
 
 
@@ -346,12 +353,7 @@ def linear(prop: Propagation, node) -> None:
         prop.tie(b[0], out[-1])
 
 
-def matmul(prop: Propagation, node) -> None:
-    """mm / bmm / matmul: a[..., m, k] @ b[..., k, n] -> out[..., m, n]."""
-    a, b = prop.dims(node.args[0]), prop.dims(node.args[1])
-    out = prop.dims(node)
-    if len(a) == 1 or len(b) == 1:
-        raise UnsupportedOpError(f"{_op_name(node.target)} with a 1-D operand", module_path(node))
+def _tie_matmul(prop, a: list, b: list, out: list) -> None:
     prop.tie(a[-1], b[-2])
     prop.tie(a[-2], out[-2])
     prop.tie(b[-1], out[-1])
@@ -359,16 +361,19 @@ def matmul(prop: Propagation, node) -> None:
     prop.tie_aligned(b[:-2], out[:-2])
 
 
+def matmul(prop: Propagation, node) -> None:
+    """mm / bmm / matmul: a[..., m, k] @ b[..., k, n] -> out[..., m, n]."""
+    a, b = prop.dims(node.args[0]), prop.dims(node.args[1])
+    if len(a) == 1 or len(b) == 1:
+        raise UnsupportedOpError(f"{_op_name(node.target)} with a 1-D operand", module_path(node))
+    _tie_matmul(prop, a, b, prop.dims(node))
+
+
 def addmm(prop: Propagation, node) -> None:
     """addmm(bias, a, b) and baddbmm: bias broadcast onto a @ b."""
-    bias = prop.dims(node.args[0])
-    a, b = prop.dims(node.args[1]), prop.dims(node.args[2])
     out = prop.dims(node)
-    prop.tie(a[-1], b[-2])
-    prop.tie(a[-2], out[-2])
-    prop.tie(b[-1], out[-1])
-    prop.tie_aligned(a[:-2], out[:-2])
-    prop.tie_aligned(bias, out)
+    _tie_matmul(prop, prop.dims(node.args[1]), prop.dims(node.args[2]), out)
+    prop.tie_aligned(prop.dims(node.args[0]), out)
 
 
 def embedding(prop: Propagation, node) -> None:
@@ -382,19 +387,18 @@ def embedding(prop: Propagation, node) -> None:
 
 
 def layer_norm(prop: Propagation, node) -> None:
-    """layer_norm / rms_norm: pointwise over x; weight and bias tie to the
-    normalized dims, which are also recorded as reduced."""
+    """layer_norm(x, shape, weight, bias) / rms_norm(x, shape, weight): pointwise
+    over x; weight and bias tie to the normalized dims, which are recorded as
+    reduced (removing them changes the statistics)."""
     x = prop.dims(node.args[0])
     out = prop.dims(node, 0)
-    shape = node.args[1]
     for a, o in zip(x, out):
         prop.tie(a, o)
-    for k in x[len(x) - len(shape):]:
+    for k in x[len(x) - len(node.args[1]):]:
         prop.reductions.append((node, k, _op_name(node.target)))
-    w_i = 2
-    for i in (w_i, w_i + 1) if _op_name(node.target) == "aten.layer_norm" else (w_i,):
-        p = prop.dims(_arg(node, i, ("weight", "bias")[i - w_i]))
-        prop.tie_aligned(p, out)
+    affine = ("weight", "bias") if _op_name(node.target) == "aten.layer_norm" else ("weight",)
+    for i, name in enumerate(affine, start=2):
+        prop.tie_aligned(prop.dims(_arg(node, i, name)), out)
 
 
 def sdpa(prop: Propagation, node) -> None:
@@ -421,9 +425,8 @@ def sdpa(prop: Propagation, node) -> None:
     prop.tie(k[-2], v[-2])
     prop.tie(q[-1], k[-1])
     prop.tie(v[-1], out[-1])
-    mask = prop.dims(_arg(node, 3, "attn_mask"))
-    for m, o in zip(reversed(mask), reversed([out[0], q[-3], q[-2], k[-2]][-len(mask):] if mask else [])):
-        prop.tie(m, o)
+    scores = [out[0], q[-3], q[-2], k[-2]]  # the mask broadcasts onto [B, Hq, Sq, Sk]
+    prop.tie_aligned(prop.dims(_arg(node, 3, "attn_mask")), scores)
 
 
 _TABLE = {

@@ -92,3 +92,14 @@ def test_unsupported_op_names_op_and_module():
     graph = sg.ShearGraph(program, dict(program.graph_signature.inputs_to_parameters), {}, "Sorter", "x")
     with pytest.raises(sg.UnsupportedOpError, match=r"aten\.sort.*module '(proj|<top level>)'.*register_rule"):
         sg.find_groups(graph)
+
+
+def test_a_failing_rule_is_reported_with_op_and_module(monkeypatch):
+    from shear_graph import rules
+
+    def broken(prop, node):
+        raise ValueError("sizes disagree")
+
+    monkeypatch.setitem(rules.RULES, "aten.silu", broken)
+    with pytest.raises(sg.ShearGraphError, match=r"rule for aten\.silu failed .* module 'model\.layers\.0\.mlp"):
+        sg.find_groups(sg.trace(build("llama")))
