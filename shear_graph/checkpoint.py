@@ -150,12 +150,15 @@ def _construct(cls, config) -> nn.Module:
     same config object afterwards, and every attention module is re-derived
     from ``config.shear_graph``.
     """
+    from transformers.initialization import no_init_weights
+
     keys = [k for k in ("num_attention_heads", "num_key_value_heads") if getattr(config, k, None)]
     saved = {k: getattr(config, k) for k in keys}
     for k in keys:
         setattr(config, k, 1)
     try:
-        return cls(config)
+        with no_init_weights():  # every parameter is replaced by a loaded one
+            return cls(config)
     finally:
         for k, v in saved.items():
             setattr(config, k, v)
