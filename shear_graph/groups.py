@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from .errors import ShearGraphError
 from .rules import Propagation, _op_name, module_path
 from .trace import ShearGraph, is_adapter_param
 
@@ -48,12 +49,20 @@ class ParamSlice:
 
 @dataclass(frozen=True)
 class AttentionInfo:
-    """Head layout of the attention module an ``attention_head`` group belongs to."""
+    """Head layout of the attention module an ``attention_head`` group belongs to.
+
+    ``num_heads`` query heads share ``num_kv_heads`` KV heads of ``head_dim``.
+    A channel of the group holds ``num_heads / n_channels`` query heads and
+    ``kv_heads_per_channel`` KV heads: 1 for GQA/MHA (a KV head with the query
+    heads that share it), 0 when the module has a single KV head (MQA), whose
+    groups are single query heads and whose KV head is never removable.
+    """
 
     module: str
     num_heads: int
     num_kv_heads: int
     head_dim: int
+    kv_heads_per_channel: int = 1
 
 
 @dataclass
@@ -138,10 +147,32 @@ def _norm_offset(node: torch.fx.Node) -> float:
     return 0.0
 
 
+_HEAD_PRESERVING = {"aten.reshape", "aten.view", "aten._unsafe_view", "aten.expand", "aten.unsqueeze",
+                    "aten.clone", "aten.contiguous", "aten.alias", "aten.to", "aten._to_copy"}
+
+
+def _kv_heads(sdpa_node) -> int:
+    """KV heads of an attention: the head count of sdpa's key before any
+    repeat (``repeat_kv`` is unsqueeze, expand and reshape)."""
+    k = sdpa_node.args[1]
+    val = k.meta["val"]
+    per_head = val.shape[0] * val.shape[-2] * val.shape[-1]
+    heads = val.numel() // per_head
+    while isinstance(k, torch.fx.Node) and k.op == "call_function" and _op_name(k.target) in _HEAD_PRESERVING:
+        k = k.args[0]
+        heads = min(heads, k.meta["val"].numel() // per_head)
+    return int(heads)
+
+
 def _with_kv_heads(info, n_channels):
-    # sdpa may see KV heads already repeated to the query count; the group's
-    # channel count is the number of KV heads.
-    return AttentionInfo(info.module, info.num_heads, n_channels, info.head_dim)
+    if n_channels == info.num_kv_heads:
+        return info
+    if info.num_kv_heads == 1 and n_channels == info.num_heads:
+        return AttentionInfo(info.module, info.num_heads, 1, info.head_dim, kv_heads_per_channel=0)
+    raise ShearGraphError(
+        f"attention {info.module}: {n_channels} head groups for {info.num_heads} query and "
+        f"{info.num_kv_heads} KV heads; shear-graph cannot tell how they share. Please report the model."
+    )
 
 
 def find_groups(graph: ShearGraph) -> list:
@@ -217,7 +248,7 @@ def find_groups(graph: ShearGraph) -> list:
     head_info = {}
     for key, node in prop.head_dims:
         q, k = node.args[0].meta["val"], node.args[1].meta["val"]
-        info = AttentionInfo(module_path(node), int(q.shape[-3]), int(k.shape[-3]), int(q.shape[-1]))
+        info = AttentionInfo(module_path(node), int(q.shape[-3]), _kv_heads(node), int(q.shape[-1]))
         for c in np.unique(comps.of(key)):
             head_info[int(c)] = info
     embed_tables = {

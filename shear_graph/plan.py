@@ -105,7 +105,8 @@ class PrunePlan:
             widths[g.id] = {"kind": g.kind, "layer": g.layer, "n_channels": g.n_channels}
             if g.attention is not None:
                 widths[g.id].update(module=g.attention.module, num_heads=g.attention.num_heads,
-                                    num_kv_heads=g.attention.num_kv_heads, head_dim=g.attention.head_dim)
+                                    num_kv_heads=g.attention.num_kv_heads, head_dim=g.attention.head_dim,
+                                    kv_heads_per_channel=g.attention.kv_heads_per_channel)
         return cls(type(model).__name__, fingerprint(model), removals, widths, method)
 
     # -- reading -----------------------------------------------------------

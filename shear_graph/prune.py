@@ -184,8 +184,11 @@ def derive_config(config, plan: PrunePlan, norm_eps: dict | None = None) -> dict
             ffn_key = ffn_key or intermediate_key(config, g["n_channels"])
             layers.setdefault(g["layer"], {})["intermediate_size"] = kept[gid]
         elif g["kind"] == "attention_head":
-            q_per_kv = g["num_heads"] // g["num_kv_heads"]
-            a = {"num_heads": kept[gid] * q_per_kv, "num_kv_heads": kept[gid], "head_dim": g["head_dim"]}
+            q_per_channel = g["num_heads"] // g["n_channels"]
+            kv_per_channel = g.get("kv_heads_per_channel", 1)
+            a = {"num_heads": kept[gid] * q_per_channel,
+                 "num_kv_heads": kept[gid] * kv_per_channel if kv_per_channel else g["num_kv_heads"],
+                 "head_dim": g["head_dim"]}
             attention[g["module"]] = a
             layers.setdefault(g["layer"], {}).update(
                 num_attention_heads=a["num_heads"], num_key_value_heads=a["num_kv_heads"])

@@ -142,3 +142,27 @@ def test_missing_or_corrupted_checkpoint(tmp_path):
     weights.unlink()
     with pytest.raises(sg.CheckpointError, match="no model.safetensors"):
         sg.load_pruned(tmp_path / "m")
+
+
+def test_single_kv_head_attention_prunes_query_heads(tmp_path):
+    """MQA (one KV head; also a GQA layer pruned down to one): the groups are
+    single query heads, and the config keeps num_key_value_heads at 1."""
+    cfg = LlamaConfig(hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=8,
+                      num_key_value_heads=1, head_dim=8, vocab_size=128, initializer_range=0.1)
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(cfg).eval()
+    groups = sg.find_groups(sg.trace(model))
+    heads = next(g for g in groups if g.id == "attention_head.L0")
+    assert heads.n_channels == 8 and heads.attention.num_kv_heads == 1
+    assert heads.attention.kv_heads_per_channel == 0
+    plan = sg.PrunePlan.from_channels(model, groups, {"attention_head.L0": [1, 2, 3], "attention_head.L1": [0]})
+    pruned = sg.apply_plan(model, plan)
+    layers = pruned.config.shear_graph["layers"]
+    assert [(layers[i]["num_attention_heads"], layers[i]["num_key_value_heads"]) for i in "01"] == [(5, 1), (7, 1)]
+    ids = input_ids()
+    torch.testing.assert_close(logits(pruned, ids), logits(sg.mask_plan(model, plan), ids), atol=1e-5, rtol=0)
+    sg.save_pruned(pruned, tmp_path / "m")
+    torch.testing.assert_close(reload_in_fresh_process(tmp_path / "m", ids, tmp_path), logits(pruned, ids),
+                               atol=0, rtol=0)
+    regrouped = sg.find_groups(sg.trace(pruned))
+    assert [g.n_channels for g in regrouped if g.kind == "attention_head"] == [5, 7]
