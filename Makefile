@@ -2,7 +2,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
-OUT ?= out/smollm2-pruned
+OUT ?= out/pruned
 RATIO ?= 0.2
 
 .PHONY: install run test test-fast bench clean

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from .errors import CheckpointError
+from .plan import umask
 from .prune import EPS_ATTRS, METADATA_KEY
 from .rebuild import derive_attention, sync_shape_attributes
 
@@ -29,20 +30,31 @@ def save_pruned(model: nn.Module, path, tokenizer=None, overwrite: bool = False)
         model (merge it first: ``model.merge_and_unload()``).
     """
     path = Path(path)
+    here = Path.cwd().resolve()
+    if path.resolve() == here or path.resolve() in here.parents:
+        raise CheckpointError(f"{path} is the working directory or contains it; save into a folder of its own")
     if hasattr(model, "peft_config"):
         raise CheckpointError("save_pruned takes a merged model: call model.merge_and_unload() first")
     if path.exists() and not overwrite:
         raise CheckpointError(f"{path} exists; pass overwrite=True to replace it")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.tmp-"))
+    os.chmod(tmp, 0o777 & ~umask())
     try:
         model.save_pretrained(tmp)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
+        for f in tmp.rglob("*"):  # libraries write through private temp files (mode 0600)
+            os.chmod(f, (0o777 if f.is_dir() else 0o666) & ~umask())
         if path.exists():
             old = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.old-"))
-            os.replace(path, old / "x")
-            os.replace(tmp, path)
+            os.replace(path, old / "previous")
+            try:
+                os.replace(tmp, path)
+            except OSError:
+                os.replace(old / "previous", path)  # put the previous model back
+                old.rmdir()
+                raise
             shutil.rmtree(old)
         else:
             os.replace(tmp, path)

@@ -45,7 +45,7 @@ def _other_dims(model, s) -> int:
 def prune(
     model: Optional[str] = typer.Argument(None, help="Local model folder; default: the embedded SmolLM2-135M"),
     ratio: float = typer.Option(0.2, help="Fraction of total parameters to remove, in [0, 1)"),
-    out: Path = typer.Option(Path("out/pruned"), help="Output folder for the pruned model and plan.json"),
+    out: Path = typer.Option(Path("out/pruned"), help="Output folder for the pruned model, plan.json, summary.json"),
     kinds: str = typer.Option("ffn,attention_head", help="Group kinds to prune, comma-separated "
                                                           "(attention_head, ffn, hidden)"),
     overwrite: bool = typer.Option(False, help="Replace OUT if it exists"),
@@ -59,12 +59,22 @@ def prune(
     import shear_graph as sg
     from shear_graph.default_model import load_model
 
+    from shear_graph.plan import check_ratio
+
     if out.exists() and not overwrite:
         _fail(f"{out} exists; pass --overwrite to replace it")
+    if model is not None and Path(model).exists():
+        src, dst = Path(model).resolve(), out.resolve()
+        if dst == src or dst in src.parents or src in dst.parents:
+            _fail(f"--out {out} overlaps the input model folder {model}; write the pruned model elsewhere")
     wanted = [k.strip() for k in kinds.split(",") if k.strip()]
     unknown = set(wanted) - {"attention_head", "ffn", "hidden", "other"}
-    if unknown:
-        _fail(f"unknown group kind(s) {sorted(unknown)}; use attention_head, ffn, hidden")
+    if unknown or not wanted:
+        _fail(f"unknown group kind(s) {sorted(unknown) or repr(kinds)}; use attention_head, ffn, hidden")
+    try:
+        check_ratio(ratio)
+    except sg.PlanError as e:
+        _fail(str(e))
     times = {}
     steps = tqdm(total=6, desc="shear-graph prune", unit="step")
     try:
@@ -92,10 +102,14 @@ def prune(
         steps.update(); steps.set_postfix_str("reload")
         t = time.perf_counter()
         reloaded = sg.load_pruned(out)
-        ids = tok(prompt, return_tensors="pt").input_ids
+        if tok is not None:
+            ids = tok(prompt, return_tensors="pt").input_ids
+        else:
+            ids = torch.randint(0, reloaded.config.vocab_size, (1, 8), generator=torch.Generator().manual_seed(0))
         with torch.no_grad():
             same = torch.equal(pruned(ids).logits, reloaded(ids).logits)
-        text = tok.decode(reloaded.generate(ids, max_new_tokens=20, do_sample=False)[0], skip_special_tokens=True)
+        generated = reloaded.generate(ids, max_new_tokens=20, do_sample=False)[0]
+        text = tok.decode(generated, skip_special_tokens=True) if tok is not None else generated.tolist()
         times["reload+generate"] = time.perf_counter() - t
         steps.update()
     except sg.ShearGraphError as e:
@@ -110,7 +124,12 @@ def prune(
         "generation": text, "seconds": {k: round(v, 2) for k, v in times.items()},
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
-    typer.echo(str(plan))
+    for kind in ("attention_head", "ffn", "hidden"):
+        rows = [r for r in plan.removals if r.kind == kind]
+        if rows:
+            typer.echo(f"{kind:<15} {len(rows):>3} groups, {sum(len(r.channels) for r in rows):>6} of "
+                       f"{sum(r.n_channels for r in rows):>6} channels removed")
+    typer.echo(f"full plan: {out / 'plan.json'}")
     typer.echo(json.dumps(summary, indent=2))
     if not same:
         _fail("reloaded model's logits differ from the pruned model's")

@@ -76,12 +76,17 @@ def load_model(name_or_path: str | None, dtype: torch.dtype = torch.float32):
     """Load ``name_or_path`` (a local folder; a pruned one included) or the
     embedded default when None or ``"smollm2-135m"``.
 
+    Returns
+    -------
+    (model, tokenizer or None)
+
     Raises
     ------
     ShearGraphError
-        If the folder does not exist or holds no model.
+        If the folder does not exist, holds no model, or its config or
+        tokenizer cannot be read.
     """
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
     from .checkpoint import load_pruned
     from .prune import METADATA_KEY
@@ -96,8 +101,28 @@ def load_model(name_or_path: str | None, dtype: torch.dtype = torch.float32):
         )
     import json
 
-    if METADATA_KEY in json.loads((path / "config.json").read_text()):
+    try:
+        pruned = METADATA_KEY in json.loads((path / "config.json").read_text())
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ShearGraphError(f"{path / 'config.json'} is not valid JSON: {e}") from e
+    if pruned:
         model = load_pruned(path, dtype=dtype)
     else:
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).eval()
-    return model, AutoTokenizer.from_pretrained(path)
+        try:
+            model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).eval()
+        except (OSError, ValueError, KeyError) as e:
+            raise ShearGraphError(f"cannot load a causal LM from {path}: {str(e).splitlines()[0]}") from e
+    return model, _tokenizer_or_none(path)
+
+
+def _tokenizer_or_none(path: Path):
+    """The folder's tokenizer, or None when it has none (groups and pruning do
+    not need one)."""
+    from transformers import AutoTokenizer
+
+    if not any((path / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")):
+        return None
+    try:
+        return AutoTokenizer.from_pretrained(path)
+    except (OSError, ValueError) as e:
+        raise ShearGraphError(f"the tokenizer in {path} cannot be read: {str(e).splitlines()[0]}") from e

@@ -100,6 +100,7 @@ class RemovalGroup:
     attention: AttentionInfo | None = None
     rms_norm_weights: tuple = ()
     layer_norm_params: tuple = ()
+    model_fingerprint: str = ""
 
     @property
     def params(self) -> list:
@@ -204,6 +205,8 @@ def find_groups(graph: ShearGraph) -> list:
     >>> sorted((g.id, g.n_channels) for g in groups)[:3]
     [('attention_head.L0', 2), ('attention_head.L1', 2), ('ffn.L0', 96)]
     """
+    if not isinstance(graph, ShearGraph):
+        raise TypeError(f"find_groups takes the ShearGraph from sg.trace(model), got {type(graph).__name__}")
     prop = Propagation(graph.graph).run()
     _freeze_boundary(prop, graph)
     comps = prop.space.solve()
@@ -307,7 +310,7 @@ def find_groups(graph: ShearGraph) -> list:
             id="", kind=kind, layer=None if kind == "hidden" else layer,
             n_channels=len(comp_labels), slices=slices,
             attention=_with_kv_heads(head_info.get(c0), len(comp_labels)) if kind == "attention_head" else None,
-            rms_norm_weights=tuple(rms), layer_norm_params=tuple(ln),
+            rms_norm_weights=tuple(rms), layer_norm_params=tuple(ln), model_fingerprint=graph.fingerprint,
         ))
     groups.sort(key=lambda g: (g.layer if g.layer is not None else -1, KINDS.index(g.kind), g.slices[0].param))
     seen: dict = {}

@@ -74,6 +74,13 @@ class PrunePlan:
             channel of a group removed (a layer with zero heads or zero FFN
             width cannot run).
         """
+        fp = fingerprint(model)
+        foreign = [g.id for g in groups if g.model_fingerprint and g.model_fingerprint != fp]
+        if foreign:
+            raise PlanError(
+                f"these groups were found on another model (group {foreign[0]} and {len(foreign) - 1} more); "
+                "find the groups of this model: sg.find_groups(sg.trace(model))"
+            )
         by_id = {g.id: g for g in groups}
         removals = []
         for gid, chans in channels.items():
@@ -170,9 +177,12 @@ class PrunePlan:
         """Parse a plan; raises :class:`PlanError` on malformed JSON."""
         try:
             d = json.loads(text)
+            missing = {"model_class", "fingerprint", "removals"} - set(d)
+            if missing:
+                raise ValueError(f"missing field(s) {sorted(missing)}")
             d["removals"] = [GroupRemoval(**r) for r in d["removals"]]
             return cls(**d)
-        except (ValueError, TypeError, KeyError) as e:
+        except (ValueError, TypeError, KeyError, AttributeError) as e:
             raise PlanError(f"not a shear-graph prune plan: {e}") from e
 
     def save(self, path) -> None:
@@ -187,12 +197,21 @@ class PrunePlan:
         return cls.from_json(path.read_text())
 
 
+def umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write_text(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file and a rename, with
+    the permissions a plain ``open(path, "w")`` would give."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     try:
         with os.fdopen(fd, "w") as f:
             f.write(text)
+        os.chmod(tmp, 0o666 & ~umask())
         os.replace(tmp, path)
     except BaseException:
         os.unlink(tmp)
@@ -240,6 +259,14 @@ def channel_magnitude(model: torch.nn.Module, group: RemovalGroup) -> torch.Tens
     return score
 
 
+def check_ratio(ratio) -> None:
+    """Raise :class:`PlanError` unless ``ratio`` is a number in [0, 1)."""
+    if isinstance(ratio, bool) or not isinstance(ratio, (int, float)):
+        raise PlanError(f"ratio must be a number in [0, 1), got {ratio!r} ({type(ratio).__name__})")
+    if not 0 <= ratio < 1:  # NaN fails too
+        raise PlanError(f"ratio must be in [0, 1), got {ratio}")
+
+
 def plan_by_magnitude(model: torch.nn.Module, groups: list, ratio: float, kinds=None) -> PrunePlan:
     """Remove ``ratio`` of the model's parameters, lowest-magnitude channels first.
 
@@ -263,8 +290,7 @@ def plan_by_magnitude(model: torch.nn.Module, groups: list, ratio: float, kinds=
         ``ratio`` outside [0, 1), or not reachable with the kinds allowed (the
         message gives the largest reachable ratio).
     """
-    if not isinstance(ratio, (int, float)) or not 0 <= ratio < 1 or math.isnan(ratio):
-        raise PlanError(f"ratio must be in [0, 1), got {ratio}")
+    check_ratio(ratio)
     kinds = set(kinds) if kinds else None
     chosen = [g for g in groups if kinds is None or g.kind in kinds]
     order = {g.id: torch.argsort(channel_magnitude(model, g)).tolist() for g in chosen}

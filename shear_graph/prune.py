@@ -22,6 +22,12 @@ def _set_param(model: nn.Module, name: str, param: nn.Parameter) -> None:
     setattr(model.get_submodule(owner) if owner else model, attr, param)
 
 
+def _check_plan_type(plan) -> None:
+    if not isinstance(plan, PrunePlan):
+        raise TypeError(f"expected a PrunePlan, got {type(plan).__name__}; load a saved one with "
+                        "sg.PrunePlan.load(path)")
+
+
 def mask_plan(model: nn.Module, plan: PrunePlan, inplace: bool = False) -> nn.Module:
     """A copy of ``model`` with every slice the plan removes set to zero.
 
@@ -33,6 +39,7 @@ def mask_plan(model: nn.Module, plan: PrunePlan, inplace: bool = False) -> nn.Mo
     PlanError
         If the plan was made for a different model structure.
     """
+    _check_plan_type(plan)
     plan.check_model(model)
     out = model if inplace else copy.deepcopy(model)
     params = dict(out.named_parameters(remove_duplicate=False))
@@ -72,6 +79,7 @@ def apply_plan(model: nn.Module, plan: PrunePlan, inplace: bool = False) -> nn.M
     PlanError
         If the plan was made for a different model structure.
     """
+    _check_plan_type(plan)
     plan.check_model(model)
     out = model if inplace else copy.deepcopy(model)
     removed = plan.removed_indices()

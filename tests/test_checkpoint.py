@@ -166,3 +166,27 @@ def test_single_kv_head_attention_prunes_query_heads(tmp_path):
                                atol=0, rtol=0)
     regrouped = sg.find_groups(sg.trace(pruned))
     assert [g.n_channels for g in regrouped if g.kind == "attention_head"] == [5, 7]
+
+
+def test_saving_into_the_working_directory_is_refused(tmp_path, monkeypatch):
+    """Bug: --out . --overwrite died with 'Device or resource busy' and left a folder behind."""
+    pruned = prune_all_kinds(build("llama"))
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(sg.CheckpointError, match="working directory"):
+        sg.save_pruned(pruned, ".", overwrite=True)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_saved_files_are_readable_by_others(tmp_path):
+    """Bug: the output folder was 0700 and its files 0600."""
+    import os
+    old = os.umask(0o022)
+    try:
+        sg.save_pruned(prune_all_kinds(build("llama")), tmp_path / "m")
+        plan_path = tmp_path / "p.json"
+        sg.PrunePlan.from_json(sg.PrunePlan("X", "f", []).to_json()).save(plan_path)
+    finally:
+        os.umask(old)
+    assert (tmp_path / "m").stat().st_mode & 0o777 == 0o755
+    assert (tmp_path / "m" / "model.safetensors").stat().st_mode & 0o777 == 0o644
+    assert plan_path.stat().st_mode & 0o777 == 0o644

@@ -1,20 +1,72 @@
+"""The command line on a tiny model folder (no tokenizer) and on bad input."""
+import json
+
+import pytest
 from typer.testing import CliRunner
 
+import shear_graph as sg
+from conftest import build
 from shear_graph.cli import app
 
 
+def run(*args):
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
+@pytest.fixture(scope="module")
+def tiny_folder(tmp_path_factory):
+    path = tmp_path_factory.mktemp("tiny") / "llama"
+    build("llama").save_pretrained(path)
+    return path
+
+
+def test_prune_a_model_folder_without_tokenizer(tiny_folder, tmp_path):
+    result = run("prune", tiny_folder, "--ratio", "0.2", "--out", tmp_path / "o")
+    assert result.exit_code == 0, result.output
+    summary = json.loads((tmp_path / "o" / "summary.json").read_text())
+    assert summary["reload_logits_identical"] and summary["removed_fraction"] >= 0.2
+    assert sg.PrunePlan.load(tmp_path / "o" / "plan.json").removals
+
+
+def test_groups_of_a_model_folder(tiny_folder):
+    result = run("groups", tiny_folder)
+    assert result.exit_code == 0, result.output
+    assert "attention_head.L1" in result.output and "hidden" in result.output
+
+
+def test_output_overlapping_the_input_is_refused(tiny_folder):
+    for out in (tiny_folder, tiny_folder / "sub", tiny_folder.parent):
+        result = run("prune", tiny_folder, "--out", out, "--overwrite")
+        assert result.exit_code == 2 and "overlaps the input model folder" in result.output
+    assert (tiny_folder / "model.safetensors").is_file()
+
+
 def test_missing_model_folder_is_a_clear_error(tmp_path):
-    result = CliRunner().invoke(app, ["prune", str(tmp_path / "nope"), "--out", str(tmp_path / "o")])
+    result = run("prune", tmp_path / "nope", "--out", tmp_path / "o")
     assert result.exit_code == 2
     assert "is not a model folder (no config.json)" in result.output
 
 
+def test_garbage_config_is_a_clear_error(tmp_path):
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "config.json").write_text("{not json")
+    result = run("groups", tmp_path / "m")
+    assert result.exit_code == 2 and "config.json is not valid JSON" in result.output
+
+
 def test_existing_output_is_refused_without_overwrite(tmp_path):
     (tmp_path / "o").mkdir()
-    result = CliRunner().invoke(app, ["prune", "--out", str(tmp_path / "o")])
+    result = run("prune", "--out", tmp_path / "o")
     assert result.exit_code == 2 and "pass --overwrite" in result.output
 
 
-def test_unknown_kind(tmp_path):
-    result = CliRunner().invoke(app, ["prune", "--kinds", "ffn,heads", "--out", str(tmp_path / "o")])
-    assert result.exit_code == 2 and "unknown group kind(s) ['heads']" in result.output
+@pytest.mark.parametrize("kinds", ["ffn,heads", ""])
+def test_unknown_or_empty_kinds(tmp_path, kinds):
+    result = run("prune", "--kinds", kinds, "--out", tmp_path / "o")
+    assert result.exit_code == 2 and "unknown group kind(s)" in result.output
+
+
+@pytest.mark.parametrize("ratio", ["1.5", "-0.1", "1.0", "nan"])
+def test_bad_ratio_is_refused_before_any_model_is_loaded(tmp_path, ratio):
+    result = run("prune", tmp_path / "does-not-exist", "--ratio", ratio, "--out", tmp_path / "o")
+    assert result.exit_code == 2 and "ratio must be in [0, 1)" in result.output

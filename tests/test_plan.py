@@ -52,11 +52,33 @@ def test_magnitude_removes_the_smallest_channels(llama):
     assert {5, 17} <= set(removal.channels)
 
 
-@pytest.mark.parametrize("ratio", [-0.1, 1.0, 1.5, float("nan")])
+@pytest.mark.parametrize("ratio", [-0.1, 1.0, 1.5, float("nan"), "0.2", None])
 def test_ratio_outside_unit_interval_is_refused(llama, ratio):
     model, groups = llama
-    with pytest.raises(sg.PlanError, match=r"ratio must be in \[0, 1\)"):
+    with pytest.raises(sg.PlanError, match=r"ratio must be (a number )?in \[0, 1\)"):
         sg.plan_by_magnitude(model, groups, ratio)
+
+
+def test_groups_of_another_model_are_refused(llama):
+    """Bug: groups of a model with FFN width 96 planned another with 128 silently."""
+    _, groups = llama
+    from conftest import family_config
+
+    cfg = family_config("llama")
+    cfg.intermediate_size = 128
+    other = build("llama", config=cfg)
+    with pytest.raises(sg.PlanError, match="groups were found on another model"):
+        sg.plan_by_magnitude(other, groups, 0.2)
+
+
+def test_wrong_argument_types_say_what_was_expected(llama):
+    model, _ = llama
+    with pytest.raises(TypeError, match="find_groups takes the ShearGraph"):
+        sg.find_groups(model)
+    with pytest.raises(TypeError, match="expected a PrunePlan, got str"):
+        sg.apply_plan(model, "plan.json")
+    with pytest.raises(TypeError, match="expected a PrunePlan, got NoneType"):
+        sg.mask_plan(model, None)
 
 
 def test_unreachable_ratio_names_the_largest_reachable(llama):
@@ -97,8 +119,8 @@ def test_bad_channel_ids_and_unknown_groups(llama):
         sg.PrunePlan.from_channels(model, groups, {"ffn.L0": [96]})
     with pytest.raises(sg.PlanError, match="unknown removal group 'ffn.L9'"):
         sg.PrunePlan.from_channels(model, groups, {"ffn.L9": [0]})
-    with pytest.raises(sg.PlanError, match="not a shear-graph prune plan"):
-        sg.PrunePlan.from_json("{}")
+    with pytest.raises(sg.PlanError, match=r"not a shear-graph prune plan: missing field\(s\)"):
+        sg.PrunePlan.from_json('{"a": 1}')
 
 
 def test_inplace_changes_the_model_and_default_does_not(llama):
