@@ -9,11 +9,18 @@ __all__ = [
     "CheckpointError",
 ]
 from .checkpoint import load_pruned, save_pruned  # noqa: E402
-from .plan import GroupRemoval, PrunePlan, count_params, plan_by_magnitude  # noqa: E402
+from .plan import GroupRemoval, PrunePlan, count_params, plan_by_magnitude, plan_by_saliency  # noqa: E402
 from .prune import apply_plan, mask_plan  # noqa: E402
 
-__all__ += ["PrunePlan", "GroupRemoval", "plan_by_magnitude", "count_params", "apply_plan", "mask_plan",
+__all__ += ["PrunePlan", "GroupRemoval", "plan_by_magnitude", "plan_by_saliency", "count_params", "apply_plan", "mask_plan",
             "save_pruned", "load_pruned"]
 from .queries import groups_of_param, module_neighbors, module_nodes, path_between  # noqa: E402
 
 __all__ += ["module_nodes", "module_neighbors", "groups_of_param", "path_between"]
+from .data import Blocks, DataError, DataSplit, Domain, default_domains, domain_from_dataset, domain_from_file, make_blocks  # noqa: E402,E501
+from .knowledge import Cluster, KnowledgeMap, analyze_knowledge, held_out_loss  # noqa: E402
+from .saliency import SALIENCY, Saliency, compute_saliency, register_saliency  # noqa: E402
+
+__all__ += ["Domain", "DataSplit", "Blocks", "DataError", "default_domains", "domain_from_file", "domain_from_dataset",
+            "make_blocks", "SALIENCY", "Saliency", "compute_saliency", "register_saliency", "KnowledgeMap", "Cluster",
+            "analyze_knowledge", "held_out_loss"]

@@ -12,7 +12,6 @@ import numpy as np
 import torch
 
 from .errors import PlanError
-from .groups import RemovalGroup
 from .trace import base_model_of, fingerprint, is_adapter_param
 
 
@@ -244,21 +243,6 @@ def count_params(model: torch.nn.Module, removed: dict | None = None) -> int:
     return total
 
 
-def channel_magnitude(model: torch.nn.Module, group: RemovalGroup) -> torch.Tensor:
-    """Squared L2 norm of each channel's weights, summed over the group's slices
-    of base parameters: float32 tensor of shape [n_channels]."""
-    params = _params_by_name(model)
-    score = torch.zeros(group.n_channels)
-    with torch.no_grad():
-        for s in group.slices:
-            if is_adapter_param(s.param) or s.param not in params:
-                continue
-            w = params[s.param].detach().float()
-            per_index = w.pow(2).sum(dim=[d for d in range(w.dim()) if d != s.dim]) if w.dim() > 1 else w.pow(2)
-            score += per_index.cpu()[torch.as_tensor(s.indices)].sum(1)
-    return score
-
-
 def check_ratio(ratio) -> None:
     """Raise :class:`PlanError` unless ``ratio`` is a number in [0, 1)."""
     if isinstance(ratio, bool) or not isinstance(ratio, (int, float)):
@@ -267,38 +251,45 @@ def check_ratio(ratio) -> None:
         raise PlanError(f"ratio must be in [0, 1), got {ratio}")
 
 
-def plan_by_magnitude(model: torch.nn.Module, groups: list, ratio: float, kinds=None) -> PrunePlan:
-    """Remove ``ratio`` of the model's parameters, lowest-magnitude channels first.
+def plan_by_saliency(model: torch.nn.Module, groups: list, saliency, ratio: float, kinds=None,
+                     exclude=()) -> PrunePlan:
+    """Remove ``ratio`` of the model's parameters, lowest-saliency channels first.
 
     Every selected group loses the same fraction of its channels (rounded,
     at least one channel kept); the fraction is found by bisection so that the
-    parameters removed reach ``ratio`` of :func:`count_params`. Within a group,
-    channels with the smallest squared L2 norm go first.
+    parameters removed reach ``ratio`` of :func:`count_params`. Within a group
+    the channels with the lowest ``saliency.scores`` go first.
 
     Parameters
     ----------
     model : torch.nn.Module
     groups : list of RemovalGroup
+    saliency : shear_graph.saliency.Saliency
     ratio : float
         Fraction of total base parameters to remove, in [0, 1).
     kinds : iterable of str, optional
         Group kinds to prune (default: all).
+    exclude : iterable of str or KnowledgeMap
+        Group ids to leave whole; a :class:`~shear_graph.knowledge.KnowledgeMap`
+        excludes its unprunable clusters.
 
     Raises
     ------
     PlanError
-        ``ratio`` outside [0, 1), or not reachable with the kinds allowed (the
-        message gives the largest reachable ratio).
+        ``ratio`` outside [0, 1), or not reachable with the kinds and exclusions
+        given (the message gives the largest reachable ratio).
     """
     check_ratio(ratio)
     kinds = set(kinds) if kinds else None
-    chosen = [g for g in groups if kinds is None or g.kind in kinds]
-    order = {g.id: torch.argsort(channel_magnitude(model, g)).tolist() for g in chosen}
+    excluded = set(getattr(exclude, "unprunable_groups", exclude))
+    chosen = [g for g in groups if (kinds is None or g.kind in kinds) and g.id not in excluded]
+    order = {g.id: np.argsort(saliency.scores[g.id], kind="stable").tolist() for g in chosen}
     total = count_params(model)
+    method = f"{saliency.method}(ratio={ratio})"
 
     def plan_at(f: float) -> PrunePlan:
         chans = {g.id: order[g.id][: min(int(round(f * g.n_channels)), g.n_channels - 1)] for g in chosen}
-        return PrunePlan.from_channels(model, groups, chans, method=f"magnitude(ratio={ratio})")
+        return PrunePlan.from_channels(model, groups, chans, method=method)
 
     def removed(plan: PrunePlan) -> float:
         return 1 - count_params(model, plan.removed_indices()) / total
@@ -306,14 +297,24 @@ def plan_by_magnitude(model: torch.nn.Module, groups: list, ratio: float, kinds=
     best = plan_at(1.0)
     if removed(best) < ratio:
         raise PlanError(
-            f"ratio {ratio} cannot be reached with group kinds {sorted(kinds) if kinds else 'all'}: "
+            f"ratio {ratio} cannot be reached with group kinds {sorted(kinds) if kinds else 'all'}"
+            f"{f' and {len(excluded)} groups excluded as unprunable' if excluded else ''}: "
             f"at most {removed(best):.3f} of the parameters are removable"
         )
     lo, hi = 0.0, 1.0
-    for _ in range(40):
+    for _ in range(30):
         mid = (lo + hi) / 2
         if removed(plan_at(mid)) >= ratio:
             hi = mid
         else:
             lo = mid
     return plan_at(hi)
+
+
+def plan_by_magnitude(model: torch.nn.Module, groups: list, ratio: float, kinds=None, exclude=()) -> PrunePlan:
+    """:func:`plan_by_saliency` with the ``magnitude`` criterion (squared L2
+    norm of each channel's weights). Raises :class:`PlanError` as it does."""
+    from .saliency import compute_saliency
+
+    check_ratio(ratio)
+    return plan_by_saliency(model, groups, compute_saliency(model, groups, "magnitude"), ratio, kinds, exclude)

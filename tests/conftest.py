@@ -80,3 +80,22 @@ def random_channels(groups, kind: str, seed: int = 0, fraction: float = 1 / 3) -
 @pytest.fixture(params=FAMILIES)
 def family(request):
     return request.param
+
+
+def char_tokenizer():
+    """A real fast tokenizer (one token per character, 100 ids) for tiny models."""
+    import string
+
+    from tokenizers import Regex, Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    chars = list(string.printable[:95])
+    vocab = {"<unk>": 0, "</s>": 1, **{c: i + 2 for i, c in enumerate(chars)}}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
+    return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", eos_token="</s>")
+
+
+def random_blocks(n: int = 6, block_len: int = 16, seed: int = 3):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(0, VOCAB, (n, block_len), generator=g)
