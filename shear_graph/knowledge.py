@@ -73,9 +73,16 @@ class KnowledgeMap:
 
     @property
     def non_uniformity(self) -> float:
-        """max / min cluster loss delta (deltas floored at 1e-6 nats)."""
-        deltas = [max(c.loss_delta, 1e-6) for c in self.clusters]
-        return max(deltas) / min(deltas)
+        """max / min of the positive cluster loss deltas (a cluster whose
+        masking lowers the loss carries no measurable knowledge and is left
+        out; :attr:`n_harmless` counts those). NaN if fewer than one positive."""
+        deltas = [c.loss_delta for c in self.clusters if c.loss_delta > 0]
+        return max(deltas) / min(deltas) if deltas else float("nan")
+
+    @property
+    def n_harmless(self) -> int:
+        """Clusters whose masking did not raise the held-out loss."""
+        return sum(c.loss_delta <= 0 for c in self.clusters)
 
     def cluster_plan(self, model: nn.Module, groups: list, cluster_id: str) -> PrunePlan:
         """The plan that removes exactly what the analysis masked in one cluster."""

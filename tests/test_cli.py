@@ -70,3 +70,36 @@ def test_unknown_or_empty_kinds(tmp_path, kinds):
 def test_bad_ratio_is_refused_before_any_model_is_loaded(tmp_path, ratio):
     result = run("prune", tmp_path / "does-not-exist", "--ratio", ratio, "--out", tmp_path / "o")
     assert result.exit_code == 2 and "ratio must be in [0, 1)" in result.output
+
+
+def test_analyze_writes_report_and_json(tmp_path):
+    from conftest import char_tokenizer
+
+    folder = tmp_path / "tiny"
+    build("llama").save_pretrained(folder)
+    char_tokenizer().save_pretrained(folder)
+    text = tmp_path / "prose.txt"
+    text.write_text("the quick brown fox jumps over the lazy dog. " * 40)
+    result = run("analyze", folder, "--out", tmp_path / "a", "--domain", text, "--block-len", "32",
+                 "--n-eval", "2", "--n-calib", "2", "--saliency", "activation")
+    assert result.exit_code == 0, result.output
+    km = sg.KnowledgeMap.load(tmp_path / "a" / "knowledge.json")
+    assert len(km.clusters) == 5 and km.split["domains"]["prose"]["n_tokens"] == 1800
+    page = (tmp_path / "a" / "report.html").read_text()
+    assert "Knowledge distribution" in page and "plotly" in page and "<svg" in page
+    assert "unprunable (1): " in result.output
+
+
+def test_analyze_refuses_a_binary_domain(tmp_path):
+    (tmp_path / "x.txt").write_bytes(b"\x00\x01\x02")
+    result = run("analyze", "--domain", tmp_path / "x.txt", "--out", tmp_path / "a")
+    assert result.exit_code == 2 and "is not a text file" in result.output
+
+
+def test_core_never_imports_the_views():
+    import subprocess
+    import sys
+
+    code = "import sys, shear_graph; print([m for m in ('plotly', 'graphviz', 'viz') if m in sys.modules])"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
