@@ -269,12 +269,7 @@ def slice_(prop: Propagation, node) -> None:
     step = _arg(node, 4, "step", 1) or 1
     size = prop.size(x[d])
     start = min(max(start + size if start < 0 else start, 0), size)
-    for i, (a, o) in enumerate(zip(x, out)):
-        if i == d:
-            n = prop.size(o)
-            prop.tie_indices(o, np.arange(n), a, start + step * np.arange(n))
-        else:
-            prop.tie(a, o)
+    _tie_piece(prop, x, out, d, start, step)
 
 
 def select(prop: Propagation, node) -> None:
@@ -285,21 +280,26 @@ def select(prop: Propagation, node) -> None:
         prop.tie(a, o)
 
 
+def _tie_piece(prop, whole: list, piece: list, d: int, offset: int, step: int = 1) -> int:
+    """``piece`` is indices offset, offset + step, ... of ``whole`` along ``d``
+    and equal to it elsewhere; returns the offset after it."""
+    n = prop.size(piece[d])
+    for i, (w, p) in enumerate(zip(whole, piece)):
+        if i == d:
+            prop.tie_indices(p, np.arange(n), w, offset + step * np.arange(n))
+        else:
+            prop.tie(w, p)
+    return offset + step * n
+
+
 def cat(prop: Propagation, node) -> None:
     out = prop.dims(node)
     d = _norm_dim(_arg(node, 1, "dim", 0), len(out))
     offset = 0
     for t in node.args[0]:
         x = prop.dims(t)
-        if len(x) != len(out):  # legacy empty tensors are skipped by torch.cat
-            continue
-        for i, (a, o) in enumerate(zip(x, out)):
-            if i == d:
-                n = prop.size(a)
-                prop.tie_indices(a, np.arange(n), o, offset + np.arange(n))
-                offset += n
-            else:
-                prop.tie(a, o)
+        if len(x) == len(out):  # legacy empty tensors are skipped by torch.cat
+            offset = _tie_piece(prop, out, x, d, offset)
 
 
 def stack(prop: Propagation, node) -> None:
@@ -312,26 +312,23 @@ def stack(prop: Propagation, node) -> None:
 
 
 def split(prop: Propagation, node) -> None:
-    """split / split_with_sizes / chunk / unbind / tensor_split: slot k of the
-    output is an index range of the input."""
+    """split / split_with_sizes / chunk / tensor_split: output slot k is an
+    index range of the input."""
     x = prop.dims(node.args[0])
-    name = _op_name(node.target)
-    d = _norm_dim(_arg(node, 1, "dim", 0) if name == "aten.unbind" else _arg(node, 2, "dim", 0), len(x))
+    d = _norm_dim(_arg(node, 2, "dim", 0), len(x))
     offset = 0
     for slot in range(len(_tensors(node.meta["val"]))):
-        out = prop.dims(node, slot)
-        if name == "aten.unbind":
-            prop.freeze([x[d]])
-            for a, o in zip(x[:d] + x[d + 1:], out):
-                prop.tie(a, o)
-            continue
-        for i, (a, o) in enumerate(zip(x, out)):
-            if i == d:
-                n = prop.size(o)
-                prop.tie_indices(o, np.arange(n), a, offset + np.arange(n))
-                offset += n
-            else:
-                prop.tie(a, o)
+        offset = _tie_piece(prop, x, prop.dims(node, slot), d, offset)
+
+
+def unbind(prop: Propagation, node) -> None:
+    """unbind drops ``dim``: like select, one slot per index."""
+    x = prop.dims(node.args[0])
+    d = _norm_dim(_arg(node, 1, "dim", 0), len(x))
+    prop.freeze([x[d]])
+    for slot in range(len(_tensors(node.meta["val"]))):
+        for a, o in zip(x[:d] + x[d + 1:], prop.dims(node, slot)):
+            prop.tie(a, o)
 
 
 def getitem(prop: Propagation, node) -> None:
@@ -455,7 +452,8 @@ _TABLE = {
     select: "select",
     cat: "cat concat concatenate",
     stack: "stack",
-    split: "split split_with_sizes chunk unbind tensor_split",
+    split: "split split_with_sizes chunk tensor_split",
+    unbind: "unbind",
     linear: "linear",
     matmul: "mm bmm matmul",
     addmm: "addmm baddbmm",
