@@ -25,7 +25,7 @@ from .errors import CalibrationOverlapError, EvalDataError, ShearGraphError
 from .plan import atomic_write_text, count_params
 from .prune import METADATA_KEY
 from .scoring import encode_pair, loglikelihoods, max_length, perplexity, window_ids
-from .tasks import TASKS, TEXTS, data_dir as resolve_data_dir, read_text, task_files
+from .tasks import TASKS, TEXTS, data_dir as resolve_data_dir, read_text
 from .trace import fingerprint
 
 FORMAT = 1  # version of the results JSON
@@ -179,7 +179,7 @@ def resolve_sources(tasks=None, texts=None, data_dir=None) -> dict:
     for name, path in sources.items():
         if not path.is_file():
             raise EvalDataError(f"{name}: no file {path}")
-    return {name: task_files(name, path) for name, path in sources.items()}
+    return {name: TASKS[name].files(path) if name in TASKS else [path] for name, path in sources.items()}
 
 
 def check_not_calibration(sources: dict, exclude) -> None:

@@ -65,6 +65,9 @@ class Task:
     metrics : tuple of str
         Metrics computed (``acc_norm`` is meaningless where the choices are
         contexts, as in WinoGrande).
+    companions : callable, optional
+        ``companions(path) -> [Path]``: other files the task reads beside
+        ``path`` (PIQA's labels), guarded and hashed with it.
     """
 
     name: str
@@ -72,6 +75,11 @@ class Task:
     path: str
     read: Callable
     metrics: tuple = ("acc", "acc_norm")
+    companions: Callable | None = None
+
+    def files(self, path: Path) -> list:
+        """``path`` and those of its companion files that exist."""
+        return [path] + [f for f in (self.companions(path) if self.companions else []) if f.is_file()]
 
 
 TASKS: dict = {}
@@ -79,10 +87,12 @@ TASKS: dict = {}
 TEXTS: dict = {}
 
 
-def register_task(name: str, metric: str, path: str, metrics: tuple = ("acc", "acc_norm")):
-    """Decorator registering ``read(path) -> list[Item]`` as task ``name``."""
+def register_task(name: str, metric: str, path: str, metrics: tuple = ("acc", "acc_norm"),
+                  companions: Callable | None = None):
+    """Decorator registering ``read(path) -> list[Item]`` as task ``name``
+    (the other arguments as :class:`Task`'s attributes)."""
     def add(read: Callable) -> Callable:
-        TASKS[name] = Task(name, metric, path, read, metrics)
+        TASKS[name] = Task(name, metric, path, read, metrics, companions)
         return read
     return add
 
@@ -114,15 +124,6 @@ def available(path=None) -> list:
     root = data_dir(path)
     known = {**{n: t.path for n, t in TASKS.items()}, **{n: p for n, (p, _) in TEXTS.items()}}
     return [n for n, rel in known.items() if (root / rel).is_file()]
-
-
-def task_files(name: str, path: Path) -> list:
-    """The files task or text ``name`` reads when pointed at ``path`` (PIQA's
-    labels live in a second file)."""
-    if name == "piqa" and path.suffix == ".jsonl":
-        labels = _piqa_labels_path(path)
-        return [path, labels] if labels.is_file() else [path]
-    return [path]
 
 
 # -- reading ------------------------------------------------------------------
@@ -182,13 +183,21 @@ def _mc(context: str, choices: list, gold: int) -> Item:
 
 @register_task("boolq", "acc", "boolq/dev.jsonl")
 def read_boolq(path: Path) -> list:
-    """BoolQ dev set: ``{passage, question, answer: bool}`` per line (the
-    Hugging Face ``super_glue/boolq`` form with ``label`` 0/1 reads too)."""
+    """BoolQ dev set: ``{title, passage, question, answer: bool}`` per line
+    (Google's release), or ``super_glue/boolq``'s ``{passage, question,
+    label: 0/1}``.
+
+    lm-eval reads ``super_glue/boolq``, whose passages are ``"{title} --
+    {passage}"``; a separate title is joined the same way.
+    """
     def parse(doc):
         answer = doc["answer"] if "answer" in doc else doc["label"]
         if not isinstance(answer, (bool, int)) or answer not in (0, 1):
             raise ValueError(f"answer must be true/false, got {answer!r}")
-        context = f"{_text(doc, 'passage')}\nQuestion: {_text(doc, 'question')}?\nAnswer:"
+        passage = _text(doc, "passage")
+        if "title" in doc:
+            passage = f"{_text(doc, 'title')} -- {passage}"
+        context = f"{passage}\nQuestion: {_text(doc, 'question')}?\nAnswer:"
         return _mc(context, ["no", "yes"], int(answer))
     return _json_lines(path, parse)
 
@@ -197,7 +206,7 @@ def _piqa_labels_path(path: Path) -> Path:
     return path.with_name(f"{path.stem}-labels.lst")
 
 
-@register_task("piqa", "acc", "piqa/valid.jsonl")
+@register_task("piqa", "acc", "piqa/valid.jsonl", companions=lambda path: [_piqa_labels_path(path)])
 def read_piqa(path: Path) -> list:
     """PIQA: ``{goal, sol1, sol2}`` per line, labels (0/1) one per line in
     ``<stem>-labels.lst`` beside it (the official layout), or a ``label``

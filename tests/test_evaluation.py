@@ -163,9 +163,11 @@ def test_winogrande_scores_the_suffix_after_each_filled_prefix(llama, tok, tmp_p
 
 
 def test_task_prompts_follow_lm_eval(tmp_path):
-    boolq = write_jsonl(tmp_path / "b.jsonl", [{"passage": "P.", "question": "is it", "answer": True}])
-    assert TASKS["boolq"].read(boolq)[0].requests == [("P.\nQuestion: is it?\nAnswer:", " no"),
-                                                       ("P.\nQuestion: is it?\nAnswer:", " yes")]
+    boolq = write_jsonl(tmp_path / "b.jsonl", [{"passage": "P.", "question": "is it", "answer": True},
+                                               {"title": "T", "passage": "P.", "question": "is it", "label": 0}])
+    yes, no = TASKS["boolq"].read(boolq)
+    assert yes.requests == [("P.\nQuestion: is it?\nAnswer:", " no"), ("P.\nQuestion: is it?\nAnswer:", " yes")]
+    assert no.requests[0] == ("T -- P.\nQuestion: is it?\nAnswer:", " no") and (yes.gold, no.gold) == (1, 0)
     piqa = write_jsonl(tmp_path / "valid.jsonl", [{"goal": "g", "sol1": "a", "sol2": "b"}])
     (tmp_path / "valid-labels.lst").write_text("1\n")
     (item,) = TASKS["piqa"].read(piqa)
@@ -348,3 +350,54 @@ def test_cli_model_without_tokenizer(tmp_path, cli_setup):
     build("llama").save_pretrained(tmp_path / "m")
     result = run(tmp_path / "m", "--data-dir", data, "--tasks", "piqa")
     assert result.exit_code == 2 and "has no tokenizer" in result.output
+
+
+# -- real model (slow tier) -------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def smollm2():
+    import os
+
+    from shear_graph.default_model import load_default_model
+
+    if not os.environ.get(DATA_ENV):
+        pytest.skip(f"set {DATA_ENV} to the evaluation data folder (data/eval in the shared folder)")
+    return load_default_model()
+
+
+@pytest.mark.slow
+def test_smollm2_scores_equal_hand_computation_batched_or_not(smollm2, tmp_path):
+    model, tok = smollm2
+    items = TASKS["piqa"].read(sg.tasks.data_dir() / TASKS["piqa"].path)[:6]
+    requests = [r for item in items for r in item.requests]
+    encoded = [encode_pair(tok, c, x) for c, x in requests]
+    one, batched = loglikelihoods(model, encoded, batch_size=1), loglikelihoods(model, encoded, batch_size=12)
+    np.testing.assert_allclose(batched, one, rtol=1e-4)
+    np.testing.assert_allclose(one[:2], [hand_loglikelihood(model, tok, c, x) for c, x in requests[:2]], rtol=1e-4)
+    wiki = sg.tasks.data_dir() / "wikitext2" / "wiki.test.raw"
+    (tmp_path / "wiki-head.txt").write_text(wiki.read_text()[:12000])
+    report = sg.evaluate(model, tok, ["arc_easy"], texts={"wiki-head": tmp_path / "wiki-head.txt"}, limit=12,
+                         seq_len=128, progress=False)
+    arc, ppl = report.results
+    assert arc.n == 12 and ppl.seq_len == 128 and 5 < ppl.value < 100
+    assert report.model["parameters"] == 134515008
+
+
+@pytest.mark.slow
+def test_cli_eval_on_smollm2(tmp_path):
+    result = CliRunner().invoke(app, ["eval", "--tasks", "piqa", "--limit", "4", "--out", str(tmp_path / "r.json")])
+    assert result.exit_code == 0, result.output
+    report = sg.EvalReport.load(tmp_path / "r.json")
+    assert report.model["name"] == "smollm2-135m" and report.results[0].n == 4
+
+
+@pytest.mark.slow
+def test_pruned_smollm2_saved_and_evaluated_from_its_folder(smollm2, tmp_path):
+    model, tok = smollm2
+    plan = sg.plan_by_magnitude(model, sg.find_groups(sg.trace(model)), 0.1)
+    sg.save_pruned(sg.apply_plan(model, plan), tmp_path / "m", tokenizer=tok)
+    result = CliRunner().invoke(app, ["eval", str(tmp_path / "m"), "--tasks", "arc_easy", "--limit", "8",
+                                      "--out", str(tmp_path / "r.json")])
+    assert result.exit_code == 0, result.output
+    report = sg.EvalReport.load(tmp_path / "r.json")
+    assert report.model["pruned"] and report.model["parameters"] < 0.91 * 134515008
