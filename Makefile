@@ -4,8 +4,10 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 OUT ?= out/pruned
 RATIO ?= 0.2
+# offline evaluation sets (BoolQ, PIQA, HellaSwag, ARC-e, WikiText-2) in the shared folder beside the repo
+export SHEAR_GRAPH_EVAL_DATA ?= $(wildcard $(abspath ../shared/data/eval))
 
-.PHONY: install run test test-fast bench clean
+.PHONY: install run test test-fast bench bench-eval clean
 
 install: $(VENV)/.installed
 
@@ -30,6 +32,9 @@ test-fast: install
 
 bench: install
 	$(PY) benchmarks/trace_scale.py
+
+bench-eval: install
+	$(PY) benchmarks/eval_throughput.py
 
 clean:
 	rm -rf $(VENV) out

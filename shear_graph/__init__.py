@@ -1,12 +1,15 @@
 """shear-graph: structured pruning of language models over one traced graph."""
-from .errors import CheckpointError, PlanError, ShearGraphError, TraceError, UnsupportedOpError
+from .errors import (
+    CalibrationOverlapError, CheckpointError, EvalDataError, PlanError, ShearGraphError, TraceError,
+    UnsupportedOpError,
+)
 from .groups import AttentionInfo, ParamSlice, RemovalGroup, find_groups, group_counts
 from .trace import ShearGraph, trace
 
 __all__ = [
     "trace", "ShearGraph", "find_groups", "group_counts", "RemovalGroup", "ParamSlice",
     "AttentionInfo", "ShearGraphError", "TraceError", "UnsupportedOpError", "PlanError",
-    "CheckpointError",
+    "CheckpointError", "EvalDataError", "CalibrationOverlapError",
 ]
 from .checkpoint import load_pruned, save_pruned  # noqa: E402
 from .plan import GroupRemoval, PrunePlan, count_params, plan_by_magnitude, plan_by_saliency  # noqa: E402
@@ -24,3 +27,7 @@ from .saliency import SALIENCY, Saliency, compute_saliency, register_saliency  #
 __all__ += ["Domain", "DataSplit", "Blocks", "DataError", "default_domains", "domain_from_file", "domain_from_dataset",
             "make_blocks", "SALIENCY", "Saliency", "compute_saliency", "register_saliency", "KnowledgeMap", "Cluster",
             "analyze_knowledge", "held_out_loss"]
+from .evaluation import EvalReport, TaskResult, evaluate, lm_eval_model  # noqa: E402
+from .tasks import register_task  # noqa: E402
+
+__all__ += ["evaluate", "EvalReport", "TaskResult", "lm_eval_model", "register_task"]

@@ -213,5 +213,96 @@ def analyze(
     typer.echo(json.dumps({k: round(v, 1) for k, v in times.items()}))
 
 
+def _pairs(values, what: str) -> dict:
+    """``NAME=PATH`` strings as a dict; a bare ``NAME`` maps to None."""
+    out = {}
+    for v in values:
+        name, sep, path = v.partition("=")
+        name = name.strip()
+        if not name or (sep and not path.strip()):
+            _fail(f"bad {what} {v!r}: write NAME or NAME=PATH")
+        if name in out:
+            _fail(f"{what} {name!r} is given twice")
+        out[name] = Path(path.strip()) if sep else None
+    return out
+
+
+@app.command("eval")
+def eval_(
+    model: Optional[str] = typer.Argument(None, help="Local model folder (pruned ones too); default: the "
+                                                     "embedded SmolLM2-135M"),
+    tasks: Optional[str] = typer.Option(None, help="Comma-separated tasks: boolq, piqa, hellaswag, winogrande, "
+                                                   "arc_easy, arc_challenge, openbookqa, wikitext2; NAME=FILE reads "
+                                                   "a task from FILE. Default: every task found in the data folder"),
+    text: list[str] = typer.Option([], help="Perplexity on a text domain, NAME=FILE (repeatable)"),
+    limit: Optional[int] = typer.Option(None, help="Score the first N items of each zero-shot task"),
+    seq_len: str = typer.Option("128", help="Perplexity window length(s), comma-separated (papers: 128 "
+                                            "LLM-Pruner, 2048 SliceGPT)"),
+    batch_size: int = typer.Option(16, help="Requests (or perplexity windows) per forward pass"),
+    out: Optional[Path] = typer.Option(None, help="Write the results as JSON here"),
+    overwrite: bool = typer.Option(False, help="Replace OUT if it exists"),
+    data_dir: Optional[Path] = typer.Option(None, help="Folder of task files in the default layout; "
+                                                       "default: $SHEAR_GRAPH_EVAL_DATA"),
+    device: str = typer.Option("auto", help="cpu, cuda, cuda:1, ...; auto: cuda when available"),
+    dtype: str = typer.Option("auto", help="float32, bfloat16 or float16; auto: bfloat16 on GPU, float32 on CPU"),
+    exclude: list[str] = typer.Option([], help="A calibration/recovery source (file, folder or domain name) that "
+                                               "must not be evaluated on (repeatable)"),
+):
+    """Zero-shot accuracy (lm-eval conventions) and perplexity of MODEL, offline."""
+    import torch
+
+    import shear_graph as sg
+    from shear_graph.default_model import load_model
+    from shear_graph.tasks import available
+
+    if out is not None and out.exists() and not overwrite:
+        _fail(f"{out} exists; pass --overwrite to replace it")
+    try:
+        lengths = [int(n) for n in seq_len.split(",") if n.strip()]
+    except ValueError:
+        lengths = []
+    if not lengths or min(lengths) < 2:
+        _fail(f"--seq-len takes window lengths of at least 2 tokens, comma-separated; got {seq_len!r}")
+    if limit is not None and limit < 1:
+        _fail(f"--limit must be at least 1, got {limit}")
+    if batch_size < 1:
+        _fail(f"--batch-size must be at least 1, got {batch_size}")
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    dtypes = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+    if dtype == "auto":
+        dtype = "bfloat16" if device.startswith("cuda") else "float32"
+    if dtype not in dtypes:
+        _fail(f"unknown --dtype {dtype!r}; use {', '.join(dtypes)} or auto")
+    try:
+        torch.empty(0, device=device)
+    except (RuntimeError, AssertionError) as e:
+        _fail(f"device {device!r} is not usable here: {str(e).splitlines()[0]}")
+    try:
+        chosen = _pairs(tasks.split(","), "task") if tasks else {t: None for t in available(data_dir)}
+        if not chosen and not text:
+            _fail(f"no task file found under {data_dir or '$SHEAR_GRAPH_EVAL_DATA'}; name tasks with --tasks")
+        domains = _pairs(text, "text domain")
+        if any(p is None for p in domains.values()):
+            _fail("--text takes NAME=FILE")
+        # check names, files and the calibration guard before the model loads
+        sg.evaluation.check_not_calibration(sg.evaluation.resolve_sources(chosen, domains, data_dir), exclude)
+        m, tok = load_model(model, dtype=dtypes[dtype])
+        if tok is None:
+            _fail(f"{model} has no tokenizer; evaluation needs one (save it with the model: "
+                  "save_pruned(model, path, tokenizer=tok))")
+        report = sg.evaluate(m, tok, chosen, texts=domains, data_dir=data_dir, limit=limit, seq_len=lengths,
+                             batch_size=batch_size, device=device, exclude=exclude,
+                             model_name=model or "smollm2-135m")
+    except sg.ShearGraphError as e:
+        _fail(str(e))
+    if out is not None:
+        report.save(out)
+    typer.echo(f"{report.model['name']} ({report.model['class']}, {report.model['parameters']:,} parameters, "
+               f"fingerprint {report.model['fingerprint']}, {report.model['dtype']} on {report.model['device']})")
+    typer.echo(report.table())
+    typer.echo(f"total {report.seconds:.1f} s" + (f"; results in {out}" if out is not None else ""))
+
+
 def main() -> None:  # pragma: no cover
     app()

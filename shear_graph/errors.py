@@ -36,3 +36,13 @@ class PlanError(ShearGraphError):
 
 class CheckpointError(ShearGraphError):
     """A saved pruned model is missing or corrupted."""
+
+
+class EvalDataError(ShearGraphError):
+    """An evaluation task or text file is missing or malformed; the message
+    names the file (and the line, where one is at fault)."""
+
+
+class CalibrationOverlapError(ShearGraphError):
+    """Evaluation was asked to score data that was used for calibration or
+    recovery."""
