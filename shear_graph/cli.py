@@ -149,7 +149,7 @@ def analyze(
     n_calib: int = typer.Option(16, help="Calibration blocks per domain"),
     batch_size: int = typer.Option(4, help="Blocks per forward"),
     device: str = typer.Option("cpu", help="cpu, cuda, cuda:1, ..."),
-    dtype: str = typer.Option("float32", help="float32 or bfloat16 (bf16 on GPU)"),
+    dtype: str = typer.Option("float32", help="float32, bfloat16 or float16 (bf16 on GPU)"),
     overwrite: bool = typer.Option(False, help="Replace OUT if it exists"),
 ):
     """Knowledge distribution analysis: saliency per channel, loss increase per

@@ -197,6 +197,9 @@ def compute_saliency(model: nn.Module, groups: list, method: str = "taylor", blo
     if method not in SALIENCY:
         raise ShearGraphError(f"unknown saliency '{method}'; registered: {', '.join(sorted(SALIENCY))}")
     crit = SALIENCY[method]
+    if blocks is not None and not isinstance(blocks, torch.Tensor):
+        raise TypeError(f"blocks must be an int64 tensor [n_blocks, block_len] (Blocks.all_calib()), "
+                        f"got {type(blocks).__name__}")
     if crit.needs_data and (blocks is None or len(blocks) == 0):
         raise ShearGraphError(f"saliency '{method}' needs calibration blocks (shear_graph.data.make_blocks)")
     named = dict(model.named_parameters(remove_duplicate=False))

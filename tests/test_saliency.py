@@ -108,3 +108,10 @@ def test_saliency_json_round_trip(llama):
     s = sg.compute_saliency(model, groups, "magnitude")
     again = sg.Saliency.from_json(s.to_json())
     assert again.method == s.method and all(np.array_equal(again.scores[k], v) for k, v in s.scores.items())
+
+
+def test_blocks_must_be_a_tensor(llama):
+    """Bug from a fresh-user trial: a list of blocks died in torch.split."""
+    model, groups = llama
+    with pytest.raises(TypeError, match="blocks must be an int64 tensor"):
+        sg.compute_saliency(model, groups, "taylor", [])

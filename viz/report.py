@@ -44,9 +44,9 @@ def analysis_report(model_name: str, graph, groups, saliency, km, params: dict, 
         ("model", model_name), ("saliency", km.saliency), ("fraction masked per cluster", km.fraction),
         ("base held-out loss (nats/token)", f"{km.base_loss:.4f}"),
         ("clusters", len(km.clusters)), ("unprunable", ", ".join(c.id for c in fixed) or "none"),
-        ("max / min cluster Δloss (positive deltas)", f"{km.non_uniformity:.1f}"),
+        ("non-uniformity: largest / smallest positive cluster Δloss (ratio)", f"{km.non_uniformity:.1f}"),
         ("clusters whose masking did not raise the loss", km.n_harmless),
-        ("calibration tokens", saliency.n_calib_tokens),
+        ("calibration tokens used by the saliency", saliency.n_calib_tokens or "none (data-free criterion)"),
     ] + [(k, v) for k, v in params.items()]
     group_rows = [(g.id, g.kind, g.layer, g.n_channels, len(g.slices)) for g in groups]
     split_rows = [(name, d["source"], d["n_tokens"], len(d["eval_blocks"]), len(d["calib_blocks"]), d["sha256"][:12])
