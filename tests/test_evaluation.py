@@ -384,7 +384,8 @@ def test_smollm2_scores_equal_hand_computation_batched_or_not(smollm2, tmp_path)
 
 
 @pytest.mark.slow
-def test_cli_eval_on_smollm2(tmp_path):
+def test_cli_eval_on_smollm2(smollm2, tmp_path):
+    """Uses the smollm2 fixture for its skip when no evaluation data folder is set."""
     result = CliRunner().invoke(app, ["eval", "--tasks", "piqa", "--limit", "4", "--out", str(tmp_path / "r.json")])
     assert result.exit_code == 0, result.output
     report = sg.EvalReport.load(tmp_path / "r.json")
