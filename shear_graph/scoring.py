@@ -4,9 +4,9 @@ Continuations are scored as lm-evaluation-harness's ``HFLM`` scores them:
 context and context+continuation are encoded without special tokens and the
 continuation's tokens are the difference (:func:`encode_pair`); the input is
 left-truncated to the model's maximum length; the score is the sum of the
-log-probabilities of the continuation tokens. Requests are sorted by length
-(longest first) and right-padded into batches, so the padding never reaches
-a scored position of a causal model.
+log-probabilities of the continuation tokens. Inputs are sorted by length
+(longest first) and right-padded into batches of similar lengths, so the
+padding never reaches a scored position of a causal model.
 
 Perplexity follows LLM-Pruner and SparseGPT: the text is tokenized whole,
 cut into non-overlapping windows of ``seq_len`` tokens (the remainder after
@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from .errors import EvalDataError
 
 DEFAULT_MAX_LENGTH = 2048  # lm-eval's fallback when a config states no context length
+MAX_PADDING = 0.25  # largest fraction of a batch row that may be padding
 
 
 def encode_pair(tokenizer, context: str, continuation: str) -> tuple:
@@ -88,6 +89,10 @@ def _logits(model, ids, mask, keep: int):
 def loglikelihoods(model, encoded: list, batch_size: int = 16, progress=None) -> list:
     """Summed log-probability of each continuation given its context.
 
+    Requests whose model inputs are identical share one row, as in lm-eval's
+    logits cache: BoolQ's one-token answers " no" and " yes" are read off one
+    forward pass.
+
     Parameters
     ----------
     model : transformers causal LM
@@ -96,7 +101,8 @@ def loglikelihoods(model, encoded: list, batch_size: int = 16, progress=None) ->
     encoded : list of (list of int, list of int)
         ``(context ids, continuation ids)`` per request (see :func:`encode_pair`).
     batch_size : int
-        Requests per forward pass; 1 scores one at a time.
+        Most input rows per forward pass (rows much shorter than a batch's
+        first go to the next); 1 scores one at a time.
     progress : tqdm, optional
         Advanced by the number of requests of each batch.
 
@@ -111,41 +117,49 @@ def loglikelihoods(model, encoded: list, batch_size: int = 16, progress=None) ->
         A continuation alone is longer than the model's maximum length.
     """
     limit = max_length(model)
-    inputs = []
-    for context, continuation in encoded:
+    rows: dict = {}  # model input -> indices of the requests scored on it
+    for i, (context, continuation) in enumerate(encoded):
         if len(continuation) > limit:
             raise EvalDataError(f"a continuation of {len(continuation)} tokens exceeds the model's {limit}")
         # lm-eval: keep the last limit+1 tokens, feed all but the last
-        inputs.append(((context + continuation)[-(limit + 1):][:-1], continuation))
-    order = sorted(range(len(inputs)), key=lambda i: -(len(inputs[i][0]) + 1))
+        rows.setdefault(tuple((context + continuation)[-(limit + 1):][:-1]), []).append(i)
     device = _device(model)
-    scores = [0.0] * len(inputs)
+    scores = [0.0] * len(encoded)
     with torch.inference_mode():
-        for start in range(0, len(order), batch_size):
-            batch = order[start:start + batch_size]
-            width = max(len(inputs[i][0]) for i in batch)
+        for batch in _batches(sorted(rows, key=len, reverse=True), batch_size):
+            width = len(batch[0])
             ids = torch.zeros(len(batch), width, dtype=torch.long)
             mask = torch.zeros(len(batch), width, dtype=torch.long)
-            # the logits at positions first[r] .. first[r]+len(cont)-1 predict row r's continuation
-            first = []
-            for r, i in enumerate(batch):
-                row, continuation = inputs[i]
+            for r, row in enumerate(batch):
                 ids[r, :len(row)] = torch.tensor(row)
                 mask[r, :len(row)] = 1
-                first.append(len(row) - len(continuation))
-            lo = min(first)
+            # logits at positions len(row) - len(cont) .. len(row) - 1 predict a continuation
+            lo = min(len(row) - len(encoded[i][1]) for row in batch for i in rows[row])
             logits = _logits(model, ids.to(device), mask.to(device), keep=max(width - lo, 1))
             logp = torch.log_softmax(logits.float(), dim=-1)
-            for r, i in enumerate(batch):
-                continuation = inputs[i][1]
-                if not continuation:
-                    continue
-                at = first[r] - lo
-                target = torch.tensor(continuation, device=logp.device)
-                scores[i] = logp[r, at:at + len(continuation)].gather(-1, target[:, None]).sum().item()
-            if progress is not None:
-                progress.update(len(batch))
+            for r, row in enumerate(batch):
+                for i in rows[row]:
+                    continuation = encoded[i][1]
+                    at = len(row) - len(continuation) - lo
+                    target = torch.tensor(continuation, dtype=torch.long, device=logp.device)
+                    scores[i] = logp[r, at:at + len(continuation)].gather(-1, target[:, None]).sum().item()
+                if progress is not None:
+                    progress.update(len(rows[row]))
     return scores
+
+
+def _batches(rows: list, batch_size: int) -> list:
+    """Cut rows sorted longest first into batches of at most ``batch_size``
+    rows, none padded by more than ``MAX_PADDING`` of the batch's width: a
+    forward pass costs its padded tokens, and one long passage must not make
+    fifteen short ones pay its length."""
+    batches: list = []
+    for row in rows:
+        if batches and len(batches[-1]) < batch_size and len(row) >= (1 - MAX_PADDING) * len(batches[-1][0]):
+            batches[-1].append(row)
+        else:
+            batches.append([row])
+    return batches
 
 
 @dataclass

@@ -120,11 +120,20 @@ def test_perplexity_is_exp_of_the_mean_nll_by_hand(llama, tok, tmp_path):
 def test_batched_scores_equal_one_at_a_time(tok):
     model = tiny("llama", tok, seed=3)
     requests = [(CORPUS[i % 4][: 10 + 7 * i].rstrip(), " " + CORPUS[(i + 1) % 4][: 3 + 5 * i]) for i in range(9)]
+    requests += [("Is the sky blue?\nAnswer:", "x"), ("Is the sky blue?\nAnswer:", "y")]
     encoded = [encode_pair(tok, c, x) for c, x in requests]
+    assert encoded[-1][0] == encoded[-2][0] and len(encoded[-1][1]) == 1  # one input row serves both
     one = loglikelihoods(model, encoded, batch_size=1)
     for batch_size in (4, 16):
         np.testing.assert_allclose(loglikelihoods(model, encoded, batch_size=batch_size), one, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(one, [hand_loglikelihood(model, tok, c, x) for c, x in requests], rtol=1e-5)
+
+
+def test_batches_hold_rows_of_similar_length():
+    from shear_graph.scoring import _batches
+
+    rows = [(0,) * n for n in (100, 30, 28, 25, 22, 21, 5)]
+    assert [[len(r) for r in b] for b in _batches(rows, 3)] == [[100], [30, 28, 25], [22, 21], [5]]
 
 
 def test_inputs_longer_than_the_model_are_left_truncated(tok):
