@@ -46,3 +46,8 @@ class EvalDataError(ShearGraphError):
 class CalibrationOverlapError(ShearGraphError):
     """Evaluation was asked to score data that was used for calibration or
     recovery."""
+
+
+class TrainingError(ShearGraphError):
+    """Training (LHSPG or recovery) met a NaN or infinite loss; the message
+    names the step, and the last good checkpoint is kept."""
