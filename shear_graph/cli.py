@@ -42,17 +42,17 @@ def _other_dims(model, s) -> int:
 
 
 @app.command()
-def prune(
+def oneshot(
     model: Optional[str] = typer.Argument(None, help="Local model folder; default: the embedded SmolLM2-135M"),
     ratio: float = typer.Option(0.2, help="Fraction of total parameters to remove, in [0, 1)"),
-    out: Path = typer.Option(Path("out/pruned"), help="Output folder for the pruned model, plan.json, summary.json"),
+    out: Path = typer.Option(Path("out/oneshot"), help="Output folder for the pruned model, plan.json, summary.json"),
     kinds: str = typer.Option("ffn,attention_head", help="Group kinds to prune, comma-separated "
                                                           "(attention_head, ffn, hidden)"),
     overwrite: bool = typer.Option(False, help="Replace OUT if it exists"),
     prompt: str = typer.Option(PROMPT, help="Prompt for the generation check"),
 ):
-    """Trace, find removal groups, prune RATIO of the parameters by magnitude,
-    save, reload and generate."""
+    """One-shot pruning in seconds, no training: trace, find removal groups,
+    prune RATIO of the parameters by magnitude, save, reload and generate."""
     import torch
     from tqdm import tqdm
 
@@ -76,7 +76,7 @@ def prune(
     except sg.PlanError as e:
         _fail(str(e))
     times = {}
-    steps = tqdm(total=6, desc="shear-graph prune", unit="step")
+    steps = tqdm(total=6, desc="shear-graph oneshot", unit="step")
     try:
         t = time.perf_counter()
         m, tok = load_model(model)
@@ -306,3 +306,62 @@ def eval_(
 
 def main() -> None:  # pragma: no cover
     app()
+
+
+@app.command()
+def prune(
+    model: Optional[str] = typer.Argument(None, help="Local model folder; default: the embedded SmolLM2-135M"),
+    ratio: float = typer.Option(0.2, help="Fraction of total parameters to remove, in [0, 1)"),
+    out: Path = typer.Option(Path("out/pruned"), help="Output folder: model/, plan.json, knowledge.json, "
+                                                       "results.json, report.html"),
+    baseline: str = typer.Option("taylor", help="One-shot baseline pruned to the same size and recovered on the "
+                                                "same budget: taylor, magnitude or none"),
+    domain: list[Path] = typer.Option([], help="A training text (.txt/.jsonl) domain; repeat for several. "
+                                                 "Default: Python docs and standard-library code"),
+    data_dir: Optional[Path] = typer.Option(None, help="Zero-shot task folder (default $SHEAR_GRAPH_EVAL_DATA); "
+                                                        "without one, zero-shot tasks are skipped"),
+    eval_limit: int = typer.Option(100, help="Items per zero-shot task"),
+    n_periods: int = typer.Option(4, help="LHSPG pruning periods"),
+    period_steps: int = typer.Option(25, help="Steps per LHSPG period"),
+    recovery_steps: int = typer.Option(150, help="Recovery steps (LoRA) for LoRAShear and for the baseline"),
+    lora_rank: int = typer.Option(8, help="LoRA rank for LHSPG and recovery"),
+    device: str = typer.Option("cpu", help="cpu, cuda, cuda:1, ..."),
+    dtype: str = typer.Option("float32", help="float32, bfloat16 or float16 (bf16 on GPU)"),
+    overwrite: bool = typer.Option(False, help="Replace OUT if it exists"),
+    resume: bool = typer.Option(False, help="Continue the run in OUT from its last finished stage"),
+):
+    """The main job: knowledge analysis, LHSPG progressive pruning, physical
+    pruning, dynamic recovery and evaluation, next to a one-shot baseline;
+    one HTML report."""
+    import shear_graph as sg
+    from shear_graph.default_model import load_model
+    from shear_graph.pipeline import PruneSettings
+    from shear_graph.pipeline import prune as run_prune
+
+    if out.exists() and not (overwrite or resume):
+        _fail(f"{out} exists; pass --overwrite to replace it or --resume to continue the run in it")
+    if model is not None and Path(model).exists():
+        src, dst = Path(model).resolve(), out.resolve()
+        if dst == src or dst in src.parents or src in dst.parents:
+            _fail(f"--out {out} overlaps the input model folder {model}; write the pruned model elsewhere")
+    settings = PruneSettings(ratio=ratio, baseline=None if baseline == "none" else baseline, eval_limit=eval_limit,
+                             n_periods=n_periods, period_steps=period_steps, recovery_steps=recovery_steps,
+                             lora_rank=lora_rank, device=device, dtype=dtype)
+    try:
+        settings.check()
+        domains = [sg.domain_from_file(p) for p in domain] or None
+        m, tok = (None, None) if model is None else load_model(model)
+        if model is not None and tok is None:
+            _fail(f"{model} has no tokenizer; the job needs one to read text")
+        from viz.prune_report import write_prune_report
+
+        result = run_prune(m, tok, out=out, settings=settings, domains=domains, data_dir=data_dir,
+                           overwrite=overwrite, resume=resume, report=write_prune_report)
+    except sg.ShearGraphError as e:
+        _fail(str(e).splitlines()[0])
+    for name, row in result.stages.items():
+        ppl = ", ".join(f"{d} {v:.2f}" for d, v in row["perplexity"].items())
+        extra = f"; zero-shot avg {row['zero_shot_average']:.3f}" if "zero_shot_average" in row else ""
+        typer.echo(f"{name:<20} {row['params'] / 1e6:7.1f} M params; perplexity {ppl}{extra}")
+    typer.echo(f"report: {out / 'report.html'}")
+    typer.echo(json.dumps(result.seconds))

@@ -21,7 +21,7 @@ def tiny_folder(tmp_path_factory):
 
 
 def test_prune_a_model_folder_without_tokenizer(tiny_folder, tmp_path):
-    result = run("prune", tiny_folder, "--ratio", "0.2", "--out", tmp_path / "o")
+    result = run("oneshot", tiny_folder, "--ratio", "0.2", "--out", tmp_path / "o")
     assert result.exit_code == 0, result.output
     summary = json.loads((tmp_path / "o" / "summary.json").read_text())
     assert summary["reload_logits_identical"] and summary["removed_fraction"] >= 0.2
@@ -36,13 +36,13 @@ def test_groups_of_a_model_folder(tiny_folder):
 
 def test_output_overlapping_the_input_is_refused(tiny_folder):
     for out in (tiny_folder, tiny_folder / "sub", tiny_folder.parent):
-        result = run("prune", tiny_folder, "--out", out, "--overwrite")
+        result = run("oneshot", tiny_folder, "--out", out, "--overwrite")
         assert result.exit_code == 2 and "overlaps the input model folder" in result.output
     assert (tiny_folder / "model.safetensors").is_file()
 
 
 def test_missing_model_folder_is_a_clear_error(tmp_path):
-    result = run("prune", tmp_path / "nope", "--out", tmp_path / "o")
+    result = run("oneshot", tmp_path / "nope", "--out", tmp_path / "o")
     assert result.exit_code == 2
     assert "is not a model folder (no config.json)" in result.output
 
@@ -56,19 +56,19 @@ def test_garbage_config_is_a_clear_error(tmp_path):
 
 def test_existing_output_is_refused_without_overwrite(tmp_path):
     (tmp_path / "o").mkdir()
-    result = run("prune", "--out", tmp_path / "o")
+    result = run("oneshot", "--out", tmp_path / "o")
     assert result.exit_code == 2 and "pass --overwrite" in result.output
 
 
 @pytest.mark.parametrize("kinds", ["ffn,heads", ""])
 def test_unknown_or_empty_kinds(tmp_path, kinds):
-    result = run("prune", "--kinds", kinds, "--out", tmp_path / "o")
+    result = run("oneshot", "--kinds", kinds, "--out", tmp_path / "o")
     assert result.exit_code == 2 and "unknown group kind(s)" in result.output
 
 
 @pytest.mark.parametrize("ratio", ["1.5", "-0.1", "1.0", "nan"])
 def test_bad_ratio_is_refused_before_any_model_is_loaded(tmp_path, ratio):
-    result = run("prune", tmp_path / "does-not-exist", "--ratio", ratio, "--out", tmp_path / "o")
+    result = run("oneshot", tmp_path / "does-not-exist", "--ratio", ratio, "--out", tmp_path / "o")
     assert result.exit_code == 2 and "ratio must be in [0, 1)" in result.output
 
 

@@ -57,7 +57,7 @@ def test_cli_main_job(tmp_path):
 
     from shear_graph.cli import app
 
-    result = CliRunner().invoke(app, ["prune", "--ratio", "0.2", "--out", str(tmp_path / "out")])
+    result = CliRunner().invoke(app, ["oneshot", "--ratio", "0.2", "--out", str(tmp_path / "out")])
     assert result.exit_code == 0, result.output
     assert '"reload_logits_identical": true' in result.output
     assert (tmp_path / "out" / "plan.json").is_file() and (tmp_path / "out" / "model.safetensors").is_file()

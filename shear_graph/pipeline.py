@@ -1,0 +1,412 @@
+"""The main job: analyze -> LHSPG -> apply -> recover -> evaluate -> save,
+with a one-shot baseline pruned to the same parameter count and recovered on
+the same budget, so every run shows what LoRAShear bought.
+
+Every stage writes its result under ``OUT/.work`` (atomic writes); a run with
+``resume=True`` skips the stages already done, so a killed run continues where
+it stopped and reaches the same plan.
+"""
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import statistics
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .checkpoint import load_pruned, save_pruned
+from .data import DataError, Domain, check_tokenizer, default_domains, make_blocks
+from .errors import PlanError, ShearGraphError
+from .groups import find_groups
+from .knowledge import KnowledgeMap, analyze_knowledge, held_out_loss
+from .plan import PrunePlan, atomic_write_text, check_ratio, count_params, plan_by_saliency
+from .prune import apply_plan
+from .saliency import compute_saliency
+from .trace import trace
+
+OUT_OF_DOMAIN = Path("/usr/share/dictd/devil.dict.dz")  # Debian's dict-devil: Bierce's Devil's Dictionary
+ZERO_SHOT = ("boolq", "piqa", "hellaswag", "arc_easy")
+
+
+@dataclass
+class PruneSettings:
+    """Every knob of :func:`prune`, recorded in ``results.json``.
+
+    Units: steps are optimizer steps of ``batch_size`` blocks of ``block_len``
+    tokens; learning rates per step; ratios are shares of total parameters.
+    """
+
+    ratio: float = 0.2
+    kinds: tuple = ("attention_head", "ffn")
+    saliency: str = "taylor"
+    baseline: str | None = "taylor"
+    block_len: int = 128
+    n_eval: int = 8
+    n_probe: int = 4
+    n_train: int = 200
+    fraction: float = 0.25
+    unprunable_ratio: float = 0.2
+    warmup_steps: int = 10
+    n_periods: int = 4
+    period_steps: int = 25
+    final_steps: int = 25
+    lhspg_lr: float = 3e-4
+    recovery_steps: int = 150
+    recovery_lr: float = 3e-4
+    update_every: int = 25
+    lora_rank: int = 8
+    lora_alpha: float = 16.0
+    batch_size: int = 4
+    eval_limit: int | None = 100
+    eval_tasks: tuple = ZERO_SHOT + ("wikitext2",)
+    seq_len: int = 128
+    seed: int = 0
+    device: str = "cpu"
+    dtype: str = "float32"
+
+    def check(self) -> None:
+        """Raise :class:`ShearGraphError` (or :class:`PlanError` for the ratio)
+        naming the first bad setting."""
+        check_ratio(self.ratio)
+        if self.baseline not in (None, "taylor", "magnitude"):
+            raise ShearGraphError(f"baseline must be taylor, magnitude or none, got {self.baseline!r}")
+        for name in ("n_eval", "n_probe", "n_train", "n_periods", "period_steps", "batch_size", "lora_rank",
+                     "block_len", "update_every"):
+            if getattr(self, name) < 1:
+                raise ShearGraphError(f"{name} must be at least 1, got {getattr(self, name)}")
+        for name in ("warmup_steps", "final_steps", "recovery_steps"):
+            if getattr(self, name) < 0:
+                raise ShearGraphError(f"{name} must be at least 0, got {getattr(self, name)}")
+        if self.dtype not in ("float32", "bfloat16", "float16"):
+            raise ShearGraphError(f"dtype must be float32, bfloat16 or float16, got {self.dtype}")
+
+
+@dataclass
+class PruneResult:
+    """What :func:`prune` leaves in ``out`` and returns.
+
+    Attributes
+    ----------
+    out : Path
+    settings : dict
+    stages : dict
+        Per model stage (``dense``, ``lhspg_pruned``, ``lhspg_recovered``,
+        ``baseline_pruned``, ``baseline_recovered``): ``params``, ``perplexity``
+        per held-out domain (at ``block_len`` tokens), ``zero_shot`` (task ->
+        metric, value, n, stderr) and ``wikitext2`` perplexity where evaluated,
+        ``tokens_per_s`` (forward, batch 1 x 512, median of 5).
+    knowledge : dict
+        The knowledge map (JSON object).
+    lhspg : dict
+        :meth:`LHSPGResult.to_dict` without the plan (it is ``plan.json``).
+    recovery : dict
+        ``lhspg`` and ``baseline``: the recovery histories (mixture weights over steps).
+    seconds : dict
+        Wall time per stage.
+    split : dict
+        Which blocks of which domain were used for what.
+    """
+
+    out: Path
+    settings: dict
+    stages: dict = field(default_factory=dict)
+    knowledge: dict = field(default_factory=dict)
+    lhspg: dict = field(default_factory=dict)
+    recovery: dict = field(default_factory=dict)
+    seconds: dict = field(default_factory=dict)
+    split: dict = field(default_factory=dict)
+
+    def to_json(self) -> str:
+        d = asdict(self)
+        d["out"] = str(self.out)
+        return json.dumps(d, indent=1)
+
+    @classmethod
+    def load(cls, out) -> "PruneResult":
+        d = json.loads((Path(out) / "results.json").read_text())
+        d["out"] = Path(d["out"])
+        return cls(**d)
+
+
+def out_of_domain_text() -> Domain | None:
+    """Bierce's Devil's Dictionary (literary prose; Debian package ``dict-devil``),
+    or None where it is not installed."""
+    import gzip
+
+    if not OUT_OF_DOMAIN.exists():
+        return None
+    return Domain("devils_dictionary", [gzip.open(OUT_OF_DOMAIN, "rt", errors="replace").read()], str(OUT_OF_DOMAIN))
+
+
+def tokens_per_second(model: nn.Module, seq_len: int = 512, repeats: int = 5) -> float:
+    """Forward tokens/s at batch 1 x ``seq_len``, median of ``repeats`` after one warm-up."""
+    device = next(model.parameters()).device
+    ids = torch.randint(0, model.get_input_embeddings().weight.shape[0], (1, seq_len), device=device)
+    times = []
+    with torch.inference_mode():
+        model(input_ids=ids)
+        for _ in range(repeats):
+            t = time.perf_counter()
+            model(input_ids=ids)
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            times.append(time.perf_counter() - t)
+    return seq_len / statistics.median(times)
+
+
+class _Work:
+    """The ``OUT/.work`` stage cache: JSON and models written atomically."""
+
+    def __init__(self, out: Path):
+        self.dir = out / ".work"
+        self.dir.mkdir(parents=True, exist_ok=True)
+
+    def json(self, name: str):
+        p = self.dir / f"{name}.json"
+        return json.loads(p.read_text()) if p.exists() else None
+
+    def put_json(self, name: str, obj) -> None:
+        atomic_write_text(self.dir / f"{name}.json", json.dumps(obj))
+
+    def model(self, name: str, device, dtype):
+        p = self.dir / name
+        return load_pruned(p, device=device, dtype=dtype) if (p / "config.json").exists() else None
+
+    def put_model(self, name: str, model) -> None:
+        save_pruned(model, self.dir / name, overwrite=True)
+
+
+def _split_calib(blocks, n_probe: int, n_train: int) -> tuple:
+    """Calibration blocks per domain -> (probe, train): probe blocks measure the
+    knowledge analysis and the recovery gaps, train blocks are trained on."""
+    probe, train = {}, {}
+    for name, b in blocks.calib.items():
+        if len(b) < 2:
+            raise DataError(f"domain '{name}' has {len(b)} calibration block(s); at least 2 are needed "
+                            "(probe and training)")
+        k = min(n_probe, len(b) // 2)
+        probe[name], train[name] = b[:k], b[k:k + n_train]
+    return probe, train
+
+
+def _evaluate(model, tokenizer, eval_blocks: dict, settings: PruneSettings, tasks, data_dir, exclude) -> dict:
+    from .evaluation import evaluate
+
+    row = {"params": count_params(model),
+           "perplexity": {d: math.exp(held_out_loss(model, b, batch_size=settings.batch_size))
+                          for d, b in eval_blocks.items()}}
+    if tasks:
+        report = evaluate(model, tokenizer, tasks, data_dir=data_dir, limit=settings.eval_limit,
+                          seq_len=settings.seq_len, batch_size=16, exclude=exclude, progress=True)
+        for r in report.results:
+            if r.metric == "perplexity":
+                row["wikitext2"] = {"perplexity": r.value, "seq_len": r.seq_len, "tokens": r.n}
+            else:
+                row.setdefault("zero_shot", {})[r.task] = {"metric": r.metric, "value": r.value, "n": r.n,
+                                                          "stderr": r.stderr}
+        scores = [v["value"] for v in row.get("zero_shot", {}).values()]
+        if scores:
+            row["zero_shot_average"] = sum(scores) / len(scores)
+    row["tokens_per_s"] = tokens_per_second(model)
+    return row
+
+
+def prune(model: nn.Module | None = None, tokenizer=None, *, out, settings: PruneSettings | None = None,
+          domains: list | None = None, data_dir=None, overwrite: bool = False, resume: bool = False,
+          report=None, progress: bool = True) -> PruneResult:
+    """Prune ``settings.ratio`` of ``model``'s parameters the LoRAShear way and recover.
+
+    Stages: data split (evaluation blocks, probe blocks, training blocks per
+    domain, disjoint); dense evaluation; knowledge analysis on the probe blocks
+    (:func:`~shear_graph.knowledge.analyze_knowledge`); LHSPG
+    (:func:`~shear_graph.progressive.lhspg_prune`) excluding the unprunable
+    clusters; physical pruning (:func:`~shear_graph.prune.apply_plan`);
+    dynamic knowledge recovery (:func:`~shear_graph.recovery.recover`); the
+    baseline (one-shot ``settings.baseline`` saliency to the same parameter
+    count, same recovery); evaluation after each; save.
+
+    Parameters
+    ----------
+    model, tokenizer : optional
+        A transformers causal LM and its tokenizer; default the embedded
+        SmolLM2-135M. Never changed: every stage works on copies.
+    out : path
+        Output folder: ``model/`` (load with :func:`~shear_graph.load_pruned`),
+        ``plan.json``, ``knowledge.json``, ``results.json`` and, with ``report``,
+        ``report.html``.
+    settings : PruneSettings
+    domains : list of Domain, optional
+        Training/calibration domains; default Python docs and standard-library
+        code. The Devil's Dictionary (if installed) is added as an evaluation-only
+        out-of-domain text.
+    data_dir : path, optional
+        Zero-shot task folder (:mod:`shear_graph.tasks`; default
+        ``$SHEAR_GRAPH_EVAL_DATA``); without one, zero-shot tasks are skipped.
+    overwrite, resume : bool
+        ``out`` existing is refused unless one is given: ``overwrite`` starts
+        afresh, ``resume`` continues from ``out/.work``.
+    report : callable, optional
+        ``report(result)`` writes the HTML report (``viz.prune_report.write_prune_report``;
+        the core never imports viz).
+
+    Returns
+    -------
+    PruneResult
+
+    Raises
+    ------
+    ShearGraphError
+        ``out`` exists (without ``overwrite``/``resume``), a bad setting, a ratio
+        not reachable once unprunable clusters are excluded (:class:`PlanError`
+        with the largest reachable ratio), a NaN/inf loss (:class:`TrainingError`
+        naming the step; resume continues from the last good state).
+    """
+    from .default_model import load_default_model
+    from .progressive import lhspg_prune
+    from .recovery import recover
+    from .tasks import data_dir as find_data_dir
+
+    settings = settings or PruneSettings()
+    settings.check()
+    out = Path(out)
+    if out.exists() and not (overwrite or resume):
+        raise ShearGraphError(f"{out} exists; pass overwrite=True (--overwrite) to replace it "
+                              "or resume=True (--resume) to continue the run in it")
+    if out.exists() and overwrite and not resume:
+        shutil.rmtree(out)
+    work = _Work(out)
+    saved = work.json("settings")
+    if resume and saved is not None and saved != _settings_dict(settings):
+        changed = sorted(k for k in saved if saved[k] != _settings_dict(settings).get(k))
+        raise ShearGraphError(f"--resume with different settings ({', '.join(changed)}); use the same settings "
+                              "or --overwrite")
+    work.put_json("settings", _settings_dict(settings))
+    device, dtype = torch.device(settings.device), getattr(torch, settings.dtype)
+    if model is None:
+        model, tokenizer = load_default_model(dtype=dtype)
+    if tokenizer is None:
+        raise DataError("prune needs the model's tokenizer to read the training and evaluation text")
+    check_tokenizer(model, tokenizer)
+    model = model.to(device=device, dtype=dtype).eval()
+    seconds = work.json("seconds") or {}
+
+    def timed(name, fn):
+        t = time.perf_counter()
+        value = fn()
+        seconds[name] = round(seconds.get(name, 0) + time.perf_counter() - t, 1)
+        work.put_json("seconds", seconds)
+        return value
+
+    domains = domains or default_domains()
+    ood = out_of_domain_text()
+    blocks = make_blocks(tokenizer, domains, settings.block_len, settings.n_eval,
+                         settings.n_probe + settings.n_train, settings.seed)
+    eval_blocks = dict(blocks.eval)
+    split = blocks.split.to_dict()
+    if ood is not None:
+        ood_blocks = make_blocks(tokenizer, [ood], settings.block_len, settings.n_eval, 1, settings.seed)
+        eval_blocks[ood.name] = ood_blocks.eval[ood.name]
+        split["domains"][ood.name] = {**ood_blocks.split.domains[ood.name], "use": "evaluation only"}
+    probe, train = _split_calib(blocks, settings.n_probe, settings.n_train)
+    train_all = torch.cat(list(train.values()))
+    try:
+        data = find_data_dir(data_dir)
+        tasks = list(settings.eval_tasks)
+    except ShearGraphError:
+        data, tasks = None, []
+    exclude = [d.name for d in domains]
+    stages = work.json("stages") or {}
+
+    def stage_eval(name, m, with_tasks=True):
+        if name not in stages:
+            stages[name] = timed(f"evaluate {name}", lambda: _evaluate(
+                m, tokenizer, eval_blocks, settings, tasks if with_tasks else [], data, exclude))
+            work.put_json("stages", stages)
+
+    stage_eval("dense", model)
+
+    groups = find_groups(trace(model))
+    km_json = work.json("knowledge")
+    if km_json is None:
+        def analysis():
+            sal = compute_saliency(model, groups, settings.saliency, train_all[:8 * settings.batch_size],
+                                   batch_size=settings.batch_size, split=split)
+            return analyze_knowledge(model, groups, sal, torch.cat(list(probe.values())), settings.fraction,
+                                     settings.unprunable_ratio, batch_size=settings.batch_size, split=split)
+        km = timed("knowledge analysis", analysis)
+        work.put_json("knowledge", json.loads(km.to_json()))
+    else:
+        km = KnowledgeMap.from_json(json.dumps(km_json))
+
+    pruned = work.model("lhspg_pruned", device, dtype)
+    if pruned is None:
+        result = timed("LHSPG", lambda: lhspg_prune(
+            model, train_all, settings.ratio, knowledge=km, kinds=settings.kinds, saliency=settings.saliency,
+            warmup_steps=settings.warmup_steps, n_periods=settings.n_periods, period_steps=settings.period_steps,
+            final_steps=settings.final_steps, batch_size=settings.batch_size, lr=settings.lhspg_lr,
+            lora_rank=settings.lora_rank, lora_alpha=settings.lora_alpha, seed=settings.seed, device=device,
+            dtype=dtype, checkpoint_dir=work.dir / "lhspg", progress=progress))
+        pruned = timed("apply plan", lambda: apply_plan(result.model, result.plan))
+        result.plan.save(work.dir / "plan.json")
+        work.put_json("lhspg", {k: v for k, v in result.to_dict().items() if k != "plan"})
+        work.put_model("lhspg_pruned", pruned)
+        del result
+    plan = PrunePlan.load(work.dir / "plan.json")
+    stage_eval("lhspg_pruned", pruned)
+
+    reference = {d: held_out_loss(model, b, batch_size=settings.batch_size) for d, b in probe.items()}
+    recovery = work.json("recovery") or {}
+
+    def recovered(name, start_model):
+        m = work.model(f"{name}_recovered", device, dtype)
+        if m is None:
+            res = timed(f"recovery {name}", lambda: recover(
+                start_model, train, probe, reference, steps=settings.recovery_steps,
+                batch_size=settings.batch_size, lr=settings.recovery_lr, lora_rank=settings.lora_rank,
+                lora_alpha=settings.lora_alpha, update_every=settings.update_every, seed=settings.seed,
+                device=device, dtype=dtype, progress=progress, checkpoint_dir=work.dir / f"recovery_{name}"))
+            m = res.model
+            recovery[name] = res.to_dict()
+            work.put_json("recovery", recovery)
+            work.put_model(f"{name}_recovered", m)
+        return m
+
+    final = recovered("lhspg", pruned) if settings.recovery_steps else pruned
+    stage_eval("lhspg_recovered", final)
+
+    if settings.baseline:
+        base_pruned = work.model("baseline_pruned", device, dtype)
+        if base_pruned is None:
+            def one_shot():
+                sal = compute_saliency(model, groups, settings.baseline, train_all[:8 * settings.batch_size],
+                                       batch_size=settings.batch_size)
+                removed = 1 - count_params(pruned) / count_params(model)
+                bplan = plan_by_saliency(model, groups, sal, removed, settings.kinds)
+                return apply_plan(model, bplan)
+            base_pruned = timed("baseline pruning", one_shot)
+            work.put_model("baseline_pruned", base_pruned)
+        stage_eval("baseline_pruned", base_pruned, with_tasks=False)
+        base_final = recovered("baseline", base_pruned) if settings.recovery_steps else base_pruned
+        stage_eval("baseline_recovered", base_final)
+
+    save_pruned(final, out / "model", tokenizer=tokenizer, overwrite=True)
+    plan.save(out / "plan.json")
+    km.save(out / "knowledge.json")
+    result = PruneResult(out, _settings_dict(settings), stages, json.loads(km.to_json()), work.json("lhspg") or {},
+                         recovery, seconds, split)
+    atomic_write_text(out / "results.json", result.to_json())
+    if report is not None:
+        report(result)
+    return result
+
+
+def _settings_dict(settings: PruneSettings) -> dict:
+    return json.loads(json.dumps(asdict(settings)))
+
+
+__all__ = ["prune", "PruneSettings", "PruneResult", "tokens_per_second", "out_of_domain_text", "PlanError"]

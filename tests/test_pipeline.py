@@ -1,0 +1,122 @@
+"""The main job on a tiny model: every output, the baseline beside it, refusals, resume."""
+from __future__ import annotations
+
+import json
+import sysconfig
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import build, char_tokenizer
+
+import shear_graph as sg
+from shear_graph.data import Domain
+from shear_graph.errors import PlanError, ShearGraphError
+from shear_graph.pipeline import PruneResult, PruneSettings, prune
+from viz.prune_report import write_prune_report
+
+
+def tiny_domains():
+    stdlib = Path(sysconfig.get_paths()["stdlib"])
+    from pydoc_data.topics import topics
+
+    docs = "\n\n".join(topics[k] for k in sorted(topics))[:20_000]
+    code = (stdlib / "textwrap.py").read_text()[:20_000]
+    return [Domain("docs", [docs], "pydoc"), Domain("code", [code], "textwrap.py")]
+
+
+def settings(**kw):
+    base = dict(ratio=0.2, block_len=32, n_eval=2, n_probe=2, n_train=12, warmup_steps=1, n_periods=2,
+                period_steps=2, final_steps=1, recovery_steps=3, update_every=2, batch_size=2, lora_rank=4,
+                eval_tasks=(), eval_limit=None)
+    base.update(kw)
+    return PruneSettings(**base)
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    torch.manual_seed(0)
+    return build("llama"), char_tokenizer()
+
+
+@pytest.fixture(scope="module")
+def finished(tiny, tmp_path_factory):
+    model, tok = tiny
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    out = tmp_path_factory.mktemp("job") / "out"
+    result = prune(model, tok, out=out, settings=settings(), domains=tiny_domains(), report=write_prune_report,
+                   progress=False)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # input untouched
+    return result
+
+
+def test_job_writes_model_plan_knowledge_results_and_report(finished, tiny):
+    out = finished.out
+    for name in ("plan.json", "knowledge.json", "results.json", "report.html", "model/config.json"):
+        assert (out / name).exists(), name
+    model = sg.load_pruned(out / "model")
+    stages = finished.stages
+    assert list(stages) == ["dense", "lhspg_pruned", "lhspg_recovered", "baseline_pruned", "baseline_recovered"]
+    assert sg.count_params(model) == stages["lhspg_recovered"]["params"] == stages["lhspg_pruned"]["params"]
+    assert 1 - stages["lhspg_pruned"]["params"] / stages["dense"]["params"] >= 0.2
+    # the baseline is pruned to at least the same parameter count, and not far below it
+    assert 0 <= stages["lhspg_pruned"]["params"] - stages["baseline_pruned"]["params"] < 0.05 * stages["dense"]["params"]
+    plan = sg.PrunePlan.load(out / "plan.json")
+    assert plan.removals and all(r.kind in ("attention_head", "ffn") for r in plan.removals)
+    km = sg.KnowledgeMap.load(out / "knowledge.json")
+    assert not {c.id for c in km.clusters if c.unprunable} & {r.group for r in plan.removals}
+    for row in stages.values():
+        assert set(row["perplexity"]) == {"docs", "code"} and row["tokens_per_s"] > 0
+    assert PruneResult.load(out).stages == stages
+    page = (out / "report.html").read_text()
+    assert "shear-graph-data" in page and "LoRAShear, after recovery" in page
+    assert json.loads(page.split('id="shear-graph-data">')[1].split("</script>")[0].replace("&quot;", '"'))
+
+
+def test_recovery_and_lhspg_histories_are_logged(finished):
+    assert finished.lhspg["periods"] and len(finished.lhspg["history"]) == 1 + 2 * 2 + 1
+    for name in ("lhspg", "baseline"):
+        weights = finished.recovery[name]["weights_history"]
+        assert weights and set(weights[-1]["weights"]) == {"docs", "code"}
+
+
+def test_existing_out_is_refused_without_overwrite_or_resume(tiny, tmp_path):
+    (tmp_path / "out").mkdir()
+    with pytest.raises(ShearGraphError, match="exists; pass overwrite=True"):
+        prune(*tiny, out=tmp_path / "out", settings=settings(), domains=tiny_domains(), progress=False)
+
+
+def test_unreachable_ratio_says_the_largest_that_can(tiny, tmp_path):
+    with pytest.raises(PlanError, match="at most 0.[0-9]+ of the parameters are removable"):
+        prune(*tiny, out=tmp_path / "out", settings=settings(ratio=0.6, kinds=("attention_head",)),
+              domains=tiny_domains(), progress=False)
+
+
+def test_killed_run_resumes_to_the_same_plan(tiny, finished, tmp_path, monkeypatch):
+    import shear_graph.recovery as recovery
+
+    real = recovery.recover
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(recovery, "recover", killed)
+    out = tmp_path / "out"
+    with pytest.raises(KeyboardInterrupt):
+        prune(*tiny, out=out, settings=settings(), domains=tiny_domains(), progress=False)
+    assert (out / ".work" / "plan.json").exists() and not (out / "results.json").exists()
+    monkeypatch.setattr(recovery, "recover", real)
+    with pytest.raises(ShearGraphError, match="different settings"):
+        prune(*tiny, out=out, settings=settings(recovery_steps=4), domains=tiny_domains(), resume=True,
+              progress=False)
+    resumed = prune(*tiny, out=out, settings=settings(), domains=tiny_domains(), resume=True, progress=False)
+    assert (sg.PrunePlan.load(out / "plan.json").removed_indices()
+            == sg.PrunePlan.load(finished.out / "plan.json").removed_indices())
+    assert resumed.stages["lhspg_pruned"]["params"] == finished.stages["lhspg_pruned"]["params"]
+
+
+def test_bad_settings_are_named(tiny, tmp_path):
+    with pytest.raises(ShearGraphError, match="baseline must be taylor, magnitude or none"):
+        prune(*tiny, out=tmp_path / "o", settings=settings(baseline="random"), progress=False)
+    with pytest.raises(ShearGraphError, match="period_steps must be at least 1"):
+        prune(*tiny, out=tmp_path / "o", settings=settings(period_steps=0), progress=False)
