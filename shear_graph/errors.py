@@ -46,3 +46,19 @@ class EvalDataError(ShearGraphError):
 class CalibrationOverlapError(ShearGraphError):
     """Evaluation was asked to score data that was used for calibration or
     recovery."""
+
+
+class TrainingError(ShearGraphError):
+    """Training diverged: a loss became NaN or infinite.
+
+    Attributes
+    ----------
+    step : int
+        The optimizer step (0-based) whose loss was not finite.
+    domain : str
+        The data domain being trained on, or probed, at that step.
+    """
+
+    def __init__(self, message: str, step: int, domain: str):
+        self.step, self.domain = step, domain
+        super().__init__(message)
