@@ -1,7 +1,7 @@
 """shear-graph: structured pruning of language models over one traced graph."""
 from .errors import (
     CalibrationOverlapError, CheckpointError, EvalDataError, PlanError, ShearGraphError, TraceError,
-    UnsupportedOpError,
+    TrainingError, UnsupportedOpError,
 )
 from .groups import AttentionInfo, ParamSlice, RemovalGroup, find_groups, group_counts
 from .trace import ShearGraph, trace
@@ -9,7 +9,7 @@ from .trace import ShearGraph, trace
 __all__ = [
     "trace", "ShearGraph", "find_groups", "group_counts", "RemovalGroup", "ParamSlice",
     "AttentionInfo", "ShearGraphError", "TraceError", "UnsupportedOpError", "PlanError",
-    "CheckpointError", "EvalDataError", "CalibrationOverlapError",
+    "CheckpointError", "EvalDataError", "CalibrationOverlapError", "TrainingError",
 ]
 from .checkpoint import load_pruned, save_pruned  # noqa: E402
 from .plan import GroupRemoval, PrunePlan, count_params, plan_by_magnitude, plan_by_saliency  # noqa: E402
@@ -31,3 +31,6 @@ from .evaluation import EvalReport, TaskResult, evaluate, lm_eval_model  # noqa:
 from .tasks import register_task  # noqa: E402
 
 __all__ += ["evaluate", "EvalReport", "TaskResult", "lm_eval_model", "register_task"]
+from .recovery import RecoveryResult, recover, update_weights  # noqa: E402
+
+__all__ += ["recover", "RecoveryResult", "update_weights"]

@@ -49,5 +49,18 @@ class CalibrationOverlapError(ShearGraphError):
 
 
 class TrainingError(ShearGraphError):
-    """Training (LHSPG or recovery) met a NaN or infinite loss; the message
-    names the step, and the last good checkpoint is kept."""
+    """Training (LHSPG or recovery) diverged: a loss became NaN or infinite.
+    The message names the step and where the last good checkpoint is.
+
+    Attributes
+    ----------
+    step : int
+        The optimizer step whose loss was not finite (recovery counts from 0,
+        LHSPG from 1, as their progress bars do).
+    domain : str or None
+        The data domain being trained on, or probed, at that step (recovery).
+    """
+
+    def __init__(self, message: str, step: int, domain: str | None = None):
+        self.step, self.domain = step, domain
+        super().__init__(message)

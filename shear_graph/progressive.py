@@ -230,7 +230,7 @@ def lhspg_prune(model: nn.Module, blocks: torch.Tensor, ratio: float, *, knowled
             raise TrainingError(f"LHSPG loss is {value} at step {step}; "
                                 + (f"the last good state (step {saved_step}) is in {ckpt}"
                                    if saved_step is not None else "no checkpoint was kept")
-                                + "; lower the learning rate")
+                                + "; lower the learning rate", step)
         loss.backward()
         opt.step()
         pos = opt.position(step)

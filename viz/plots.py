@@ -1,8 +1,10 @@
-"""plotly views: the knowledge-distribution heatmap and saliency plots."""
+"""plotly views: the knowledge-distribution heatmap, saliency plots and the recovery mixture."""
 from __future__ import annotations
 
 import numpy as np
 import plotly.graph_objects as go
+from plotly.colors import DEFAULT_PLOTLY_COLORS
+from plotly.subplots import make_subplots
 
 KIND_ORDER = ("attention_head", "ffn", "hidden")
 
@@ -71,4 +73,44 @@ def saliency_histogram(saliency, group_id: str, bins: int = 60) -> go.Figure:
     fig = go.Figure(go.Histogram(x=saliency.scores[group_id], nbinsx=bins, name=group_id))
     fig.update_layout(title=f"Channel saliency, {group_id} ({saliency.method})", xaxis={"title": "saliency"},
                       yaxis={"title": "channels"}, height=360, width=720)
+    return fig
+
+
+def mixture_curves(history) -> go.Figure:
+    """The recovery data mixture over training: weight per domain (top) and
+    its loss gap to the dense model (bottom, nats per token).
+
+    Parameters
+    ----------
+    history : list of dict or shear_graph.RecoveryResult
+        ``RecoveryResult.weights_history`` (entries ``{"step", "weights",
+        "gaps", "losses"}``), or the result itself.
+
+    Returns
+    -------
+    plotly.graph_objects.Figure
+        One weight trace per domain (row 1) and one gap trace per domain
+        (row 2), in the same colour; hover shows weight, gap and probe loss.
+    """
+    entries = getattr(history, "weights_history", history)
+    if not entries:
+        raise ValueError("the history is empty: no probe measurement was logged")
+    steps = [e["step"] for e in entries]
+    fig = make_subplots(rows=2, cols=1, shared_xaxes=True, vertical_spacing=0.08,
+                        subplot_titles=("mixture weight", "loss gap to the dense model (nats/token)"))
+    for i, d in enumerate(entries[0]["weights"]):
+        color = DEFAULT_PLOTLY_COLORS[i % len(DEFAULT_PLOTLY_COLORS)]
+        gaps = [e["gaps"][d] for e in entries]
+        fig.add_trace(go.Scatter(
+            x=steps, y=[e["weights"][d] for e in entries], name=d, legendgroup=d, mode="lines+markers",
+            line={"color": color}, customdata=np.column_stack([gaps, [e["losses"][d] for e in entries]]),
+            hovertemplate=f"{d}<br>step %{{x}}<br>weight %{{y:.3f}}<br>gap %{{customdata[0]:.3f}} nats"
+                          "<br>probe loss %{customdata[1]:.3f}<extra></extra>",
+        ), row=1, col=1)
+        fig.add_trace(go.Scatter(x=steps, y=gaps, name=d, legendgroup=d, showlegend=False, mode="lines+markers",
+                                 line={"color": color, "dash": "dot"}), row=2, col=1)
+    fig.update_yaxes(title_text="weight", range=[0, 1], row=1, col=1)
+    fig.update_yaxes(title_text="gap", rangemode="tozero", row=2, col=1)
+    fig.update_xaxes(title_text="step", row=2, col=1)
+    fig.update_layout(title="Dynamic data mixture during recovery", height=560, width=760)
     return fig
