@@ -1,30 +1,28 @@
 """LoRA adaptors for training: which linear layers get one, and adding them."""
 from __future__ import annotations
 
-import re
-
 from torch import nn
 
 from .errors import ShearGraphError
 
-_IN_LAYER = re.compile(r"\.\d+\.")
-
 
 def lora_targets(model: nn.Module) -> list:
-    """Names (last path component) of the ``nn.Linear`` modules inside the
-    numbered decoder layers: attention and FFN projections, never ``lm_head``
-    or the embeddings.
+    """Full names of the ``nn.Linear`` modules inside ``nn.ModuleList`` s (the
+    decoder layers): attention and FFN projections, never ``lm_head`` or the
+    embeddings.
 
     Raises
     ------
     ShearGraphError
-        The model has no linear layer inside numbered layers.
+        The model has no such linear layer (GPT-2's ``Conv1D`` is not
+        ``nn.Linear``: pass ``target_modules``).
     """
-    names = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules()
-                    if isinstance(m, nn.Linear) and _IN_LAYER.search(n)})
+    lists = [n for n, m in model.named_modules() if isinstance(m, nn.ModuleList)]
+    names = sorted(n for n, m in model.named_modules()
+                   if isinstance(m, nn.Linear) and any(n.startswith(f"{prefix}.") for prefix in lists))
     if not names:
-        raise ShearGraphError(f"{type(model).__name__} has no nn.Linear inside numbered layers to attach LoRA to; "
-                              "pass target_modules explicitly")
+        raise ShearGraphError(f"{type(model).__name__} has no nn.Linear inside its decoder layers: pass "
+                              "target_modules (e.g. ['c_attn', 'c_proj', 'c_fc'] for GPT-2's Conv1D)")
     return names
 
 

@@ -8,6 +8,9 @@ from typing import Optional
 
 import typer
 
+from .pipeline import PruneSettings
+
+DEFAULTS = PruneSettings()
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Structured pruning of language models over one traced graph.")
 
@@ -320,11 +323,11 @@ def prune(
                                                  "Default: Python docs and standard-library code"),
     data_dir: Optional[Path] = typer.Option(None, help="Zero-shot task folder (default $SHEAR_GRAPH_EVAL_DATA); "
                                                         "without one, zero-shot tasks are skipped"),
-    eval_limit: int = typer.Option(100, help="Items per zero-shot task"),
-    n_periods: int = typer.Option(4, help="LHSPG pruning periods"),
-    period_steps: int = typer.Option(25, help="Steps per LHSPG period"),
-    recovery_steps: int = typer.Option(150, help="Recovery steps (LoRA) for LoRAShear and for the baseline"),
-    lora_rank: int = typer.Option(8, help="LoRA rank for LHSPG and recovery"),
+    eval_limit: int = typer.Option(DEFAULTS.eval_limit, help="Items per zero-shot task"),
+    n_periods: int = typer.Option(DEFAULTS.n_periods, help="LHSPG pruning periods"),
+    period_steps: int = typer.Option(DEFAULTS.period_steps, help="Steps per LHSPG period"),
+    recovery_steps: int = typer.Option(DEFAULTS.recovery_steps, help="Recovery steps (LoRA) for LoRAShear and for the baseline"),
+    lora_rank: int = typer.Option(DEFAULTS.lora_rank, help="LoRA rank for LHSPG and recovery"),
     device: str = typer.Option("cpu", help="cpu, cuda, cuda:1, ..."),
     dtype: str = typer.Option("float32", help="float32, bfloat16 or float16 (bf16 on GPU)"),
     overwrite: bool = typer.Option(False, help="Replace OUT if it exists"),
@@ -335,7 +338,6 @@ def prune(
     one HTML report."""
     import shear_graph as sg
     from shear_graph.default_model import load_model
-    from shear_graph.pipeline import PruneSettings
     from shear_graph.pipeline import prune as run_prune
 
     if out.exists() and not (overwrite or resume):

@@ -38,6 +38,7 @@ from accelerate.utils import DistributedType
 from torch import nn
 from tqdm.auto import tqdm
 
+from .adapters import lora_targets
 from .errors import ShearGraphError, TrainingError
 from .plan import umask
 from .trace import fingerprint
@@ -469,20 +470,9 @@ def _accelerator(accelerator: Accelerator | None, device) -> Accelerator:
 
 def _targets(model: nn.Module, target_modules) -> list | str:
     if target_modules is None:
-        return _decoder_linears(model)
+        return lora_targets(model)
     # a string is a peft regex; a list is order-free, so sort it for the checkpoint's identity
     return target_modules if isinstance(target_modules, str) else sorted(target_modules)
-
-
-def _decoder_linears(model: nn.Module) -> list:
-    """Names of the ``nn.Linear`` modules inside ``nn.ModuleList`` s (the decoder layers)."""
-    lists = [n for n, m in model.named_modules() if isinstance(m, nn.ModuleList)]
-    names = sorted(n for n, m in model.named_modules()
-                   if isinstance(m, nn.Linear) and any(n.startswith(f"{prefix}.") for prefix in lists))
-    if not names:
-        raise ShearGraphError(f"{type(model).__name__} has no nn.Linear inside its decoder layers: pass "
-                              "target_modules (e.g. ['c_attn', 'c_proj', 'c_fc'] for GPT-2's Conv1D)")
-    return names
 
 
 def _with_lora(model: nn.Module, rank: int, alpha: int, targets: list, seed: int) -> nn.Module:

@@ -20,7 +20,7 @@ def tiny_folder(tmp_path_factory):
     return path
 
 
-def test_prune_a_model_folder_without_tokenizer(tiny_folder, tmp_path):
+def test_oneshot_a_model_folder_without_tokenizer(tiny_folder, tmp_path):
     result = run("oneshot", tiny_folder, "--ratio", "0.2", "--out", tmp_path / "o")
     assert result.exit_code == 0, result.output
     summary = json.loads((tmp_path / "o" / "summary.json").read_text())
@@ -103,3 +103,15 @@ def test_core_never_imports_the_views():
     code = "import sys, shear_graph; print([m for m in ('plotly', 'graphviz', 'viz') if m in sys.modules])"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_main_job_refuses_what_it_cannot_do_before_any_work(tiny_folder, tmp_path):
+    (tmp_path / "exists").mkdir()
+    result = run("prune", tiny_folder, "--out", tmp_path / "exists")
+    assert result.exit_code == 2 and "--overwrite to replace it or --resume" in result.output
+    result = run("prune", tiny_folder, "--out", tmp_path / "o")
+    assert result.exit_code == 2 and "has no tokenizer" in result.output
+    result = run("prune", tiny_folder, "--out", tmp_path / "o", "--baseline", "random")
+    assert result.exit_code == 2 and "baseline must be taylor, magnitude or none" in result.output
+    result = run("prune", tiny_folder, "--out", tmp_path / "o", "--ratio", "1.5")
+    assert result.exit_code == 2 and "ratio must be in [0, 1)" in result.output

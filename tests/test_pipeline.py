@@ -12,7 +12,7 @@ from conftest import build, char_tokenizer
 import shear_graph as sg
 from shear_graph.data import Domain
 from shear_graph.errors import PlanError, ShearGraphError
-from shear_graph.pipeline import PruneResult, PruneSettings, prune
+from shear_graph.pipeline import OUT_OF_DOMAIN, PruneResult, PruneSettings, prune
 from viz.prune_report import write_prune_report
 
 
@@ -59,14 +59,16 @@ def test_job_writes_model_plan_knowledge_results_and_report(finished, tiny):
     assert list(stages) == ["dense", "lhspg_pruned", "lhspg_recovered", "baseline_pruned", "baseline_recovered"]
     assert sg.count_params(model) == stages["lhspg_recovered"]["params"] == stages["lhspg_pruned"]["params"]
     assert 1 - stages["lhspg_pruned"]["params"] / stages["dense"]["params"] >= 0.2
-    # the baseline is pruned to at least the same parameter count, and not far below it
-    assert 0 <= stages["lhspg_pruned"]["params"] - stages["baseline_pruned"]["params"] < 0.05 * stages["dense"]["params"]
+    # the baseline removes at least as much (its uniform share per group moves in whole heads)
+    assert stages["baseline_pruned"]["params"] <= stages["lhspg_pruned"]["params"]
     plan = sg.PrunePlan.load(out / "plan.json")
     assert plan.removals and all(r.kind in ("attention_head", "ffn") for r in plan.removals)
     km = sg.KnowledgeMap.load(out / "knowledge.json")
     assert not {c.id for c in km.clusters if c.unprunable} & {r.group for r in plan.removals}
+    ood = {"devils_dictionary"} if OUT_OF_DOMAIN.exists() else set()  # evaluation only, never trained on
     for row in stages.values():
-        assert set(row["perplexity"]) == {"docs", "code"} and row["tokens_per_s"] > 0
+        assert set(row["perplexity"]) == {"docs", "code"} | ood and row["tokens_per_s"] > 0
+    assert finished.split["domains"].get("devils_dictionary", {"use": "evaluation only"})["use"] == "evaluation only"
     assert PruneResult.load(out).stages == stages
     page = (out / "report.html").read_text()
     assert "shear-graph-data" in page and "LoRAShear, after recovery" in page
