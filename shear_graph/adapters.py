@@ -26,7 +26,7 @@ def lora_targets(model: nn.Module) -> list:
     return names
 
 
-def add_lora(model: nn.Module, rank: int = 8, alpha: float = 16.0, target_modules=None):
+def add_lora(model: nn.Module, rank: int = 8, alpha: float = 16, target_modules=None):
     """Wrap ``model`` (in place) with a peft LoRA adaptor: ``W0 + (alpha / rank) B A``,
     ``A`` [rank, in] Kaiming-initialised and ``B`` [out, rank] zero (Hu et al. 2021,
     Eq. 3), so the wrapped model starts equal to ``model``; dropout 0.
@@ -40,6 +40,7 @@ def add_lora(model: nn.Module, rank: int = 8, alpha: float = 16.0, target_module
 
     if isinstance(rank, bool) or not isinstance(rank, int) or rank < 1:
         raise ShearGraphError(f"LoRA rank must be a positive integer, got {rank!r}")
+    targets = target_modules or lora_targets(model)
     config = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=0.0,
-                        target_modules=list(target_modules or lora_targets(model)))
+                        target_modules=targets if isinstance(targets, str) else list(targets))
     return get_peft_model(model, config)

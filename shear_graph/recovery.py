@@ -38,7 +38,7 @@ from accelerate.utils import DistributedType
 from torch import nn
 from tqdm.auto import tqdm
 
-from .adapters import lora_targets
+from .adapters import add_lora, lora_targets
 from .errors import ShearGraphError, TrainingError
 from .plan import umask
 from .trace import fingerprint
@@ -476,12 +476,9 @@ def _targets(model: nn.Module, target_modules) -> list | str:
 
 
 def _with_lora(model: nn.Module, rank: int, alpha: int, targets: list, seed: int) -> nn.Module:
-    from peft import LoraConfig, get_peft_model
-
-    config = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=0.0, target_modules=targets)
     device = next(model.parameters()).device
     with _seeded(seed, device):  # lora_A's random init, identical on every rank and every resume
-        return get_peft_model(model, config)
+        return add_lora(model, rank, alpha, targets)
 
 
 @contextmanager
