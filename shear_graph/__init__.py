@@ -34,3 +34,9 @@ __all__ += ["evaluate", "EvalReport", "TaskResult", "lm_eval_model", "register_t
 from .recovery import RecoveryResult, recover, update_weights  # noqa: E402
 
 __all__ += ["recover", "RecoveryResult", "update_weights"]
+from .adapters import add_lora  # noqa: E402
+from .lhspg import LHSPG  # noqa: E402
+from .pipeline import PruneResult, PruneSettings, prune  # noqa: E402
+from .progressive import LHSPGResult, lhspg_prune  # noqa: E402
+
+__all__ += ["LHSPG", "lhspg_prune", "LHSPGResult", "add_lora", "prune", "PruneSettings", "PruneResult"]

@@ -21,7 +21,7 @@ from torch import nn
 
 from .checkpoint import load_pruned, save_pruned
 from .data import DataError, Domain, check_tokenizer, default_domains, make_blocks
-from .errors import PlanError, ShearGraphError
+from .errors import CheckpointError, PlanError, ShearGraphError
 from .groups import find_groups
 from .knowledge import KnowledgeMap, analyze_knowledge, held_out_loss
 from .plan import PrunePlan, atomic_write_text, check_ratio, count_params, plan_by_saliency
@@ -194,6 +194,13 @@ def _split_calib(blocks, n_probe: int, n_train: int) -> tuple:
     return probe, train
 
 
+def calibration_sample(blocks: dict, n: int) -> torch.Tensor:
+    """``n`` blocks [n, block_len] taken evenly from every domain of ``blocks``
+    (domain -> int64 [m, block_len]), so saliency is never scored on one domain alone."""
+    per = max(1, math.ceil(n / len(blocks)))
+    return torch.cat([b[:per] for b in blocks.values()])[:max(n, len(blocks))]
+
+
 def _evaluate(model, tokenizer, eval_blocks: dict, settings: PruneSettings, tasks, data_dir, exclude) -> dict:
     from .evaluation import evaluate
 
@@ -314,6 +321,7 @@ def prune(model: nn.Module | None = None, tokenizer=None, *, out, settings: Prun
         split["domains"][ood.name] = {**ood_blocks.split.domains[ood.name], "use": "evaluation only"}
     probe, train = _split_calib(blocks, settings.n_probe, settings.n_train)
     train_all = torch.cat(list(train.values()))
+    calib = calibration_sample(train, 8 * settings.batch_size)
     try:
         data = find_data_dir(data_dir)
         tasks = list(settings.eval_tasks)
@@ -334,7 +342,7 @@ def prune(model: nn.Module | None = None, tokenizer=None, *, out, settings: Prun
     km_json = work.json("knowledge")
     if km_json is None:
         def analysis():
-            sal = compute_saliency(model, groups, settings.saliency, train_all[:8 * settings.batch_size],
+            sal = compute_saliency(model, groups, settings.saliency, calib,
                                    batch_size=settings.batch_size, split=split)
             return analyze_knowledge(model, groups, sal, torch.cat(list(probe.values())), settings.fraction,
                                      settings.unprunable_ratio, batch_size=settings.batch_size, split=split)
@@ -383,7 +391,7 @@ def prune(model: nn.Module | None = None, tokenizer=None, *, out, settings: Prun
         base_pruned = work.model("baseline_pruned", device, dtype)
         if base_pruned is None:
             def one_shot():
-                sal = compute_saliency(model, groups, settings.baseline, train_all[:8 * settings.batch_size],
+                sal = compute_saliency(model, groups, settings.baseline, calib,
                                        batch_size=settings.batch_size)
                 removed = 1 - count_params(pruned) / count_params(model)
                 bplan = plan_by_saliency(model, groups, sal, removed, settings.kinds)
@@ -394,14 +402,18 @@ def prune(model: nn.Module | None = None, tokenizer=None, *, out, settings: Prun
         base_final = recovered("baseline", base_pruned) if settings.recovery_steps else base_pruned
         stage_eval("baseline_recovered", base_final)
 
-    save_pruned(final, out / "model", tokenizer=tokenizer, overwrite=True)
-    plan.save(out / "plan.json")
-    km.save(out / "knowledge.json")
     result = PruneResult(out, _settings_dict(settings), stages, json.loads(km.to_json()), work.json("lhspg") or {},
                          recovery, seconds, split)
-    atomic_write_text(out / "results.json", result.to_json())
-    if report is not None:
-        report(result)
+    try:
+        save_pruned(final, out / "model", tokenizer=tokenizer, overwrite=True)
+        plan.save(out / "plan.json")
+        km.save(out / "knowledge.json")
+        if report is not None:
+            report(result)
+        atomic_write_text(out / "results.json", result.to_json())  # last: its presence means the run is complete
+    except OSError as e:
+        raise CheckpointError(f"writing the results into {out} failed ({e.strerror or e}); nothing half-written "
+                              "is left in place: free space and rerun with --resume (resume=True)") from e
     return result
 
 

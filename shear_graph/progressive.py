@@ -205,7 +205,9 @@ def lhspg_prune(model: nn.Module, blocks: torch.Tensor, ratio: float, *, knowled
     torch.manual_seed(seed)
     peft_model = add_lora(work, lora_rank, lora_alpha)
     groups = find_groups(trace(peft_model))
-    calib = blocks[: max(1, min(len(blocks), 4 * batch_size))].to(device)
+    # the selection's saliency sample is drawn from all of ``blocks``, which may come ordered by domain
+    pick = torch.randperm(len(blocks), generator=torch.Generator().manual_seed(seed))[:4 * batch_size]
+    calib = blocks[pick].to(device)
     select = saliency_selector(peft_model, groups, ratio, n_periods, method=saliency, blocks=calib,
                                kinds=kinds, exclude=knowledge or (), batch_size=batch_size)
     opt = LHSPG(peft_model, groups, select, lr=lr, warmup_steps=warmup_steps, n_periods=n_periods,

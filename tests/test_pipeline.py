@@ -122,3 +122,36 @@ def test_bad_settings_are_named(tiny, tmp_path):
         prune(*tiny, out=tmp_path / "o", settings=settings(baseline="random"), progress=False)
     with pytest.raises(ShearGraphError, match="period_steps must be at least 1"):
         prune(*tiny, out=tmp_path / "o", settings=settings(period_steps=0), progress=False)
+
+
+def test_full_disk_at_the_final_save_leaves_nothing_half_written(tiny, finished, tmp_path, monkeypatch):
+    import shutil
+
+    from transformers import PreTrainedModel
+
+    out = tmp_path / "out"
+    shutil.copytree(finished.out, out)
+    shutil.rmtree(out / "model")
+    (out / "results.json").unlink()
+    real = PreTrainedModel.save_pretrained
+
+    def disk_full(self, folder, *args, **kwargs):
+        (Path(folder) / "model.safetensors").write_bytes(b"\0" * 1000)  # partly written, then the disk is full
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(PreTrainedModel, "save_pretrained", disk_full)
+    with pytest.raises(sg.CheckpointError, match="No space left on device.*rerun with --resume"):
+        prune(*tiny, out=out, settings=settings(), domains=tiny_domains(), resume=True, progress=False)
+    assert not (out / "model").exists() and not (out / "results.json").exists()
+    assert not [p for p in out.iterdir() if p.name.startswith(".model")]  # no temporary folder left
+    monkeypatch.setattr(PreTrainedModel, "save_pretrained", real)
+    prune(*tiny, out=out, settings=settings(), domains=tiny_domains(), resume=True, progress=False)
+    assert (out / "results.json").exists() and sg.load_pruned(out / "model") is not None
+
+
+def test_saliency_is_calibrated_on_every_domain():
+    from shear_graph.pipeline import calibration_sample
+
+    blocks = {"a": torch.zeros(10, 4, dtype=torch.long), "b": torch.ones(10, 4, dtype=torch.long)}
+    sample = calibration_sample(blocks, 8)
+    assert sample.shape == (8, 4) and (sample[:, 0] == 0).sum() == 4 and (sample[:, 0] == 1).sum() == 4
