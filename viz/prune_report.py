@@ -21,8 +21,10 @@ def _stage_rows(result) -> tuple:
     dense = stages["dense"]
     domains = list(dense["perplexity"])
     tasks = list(dense.get("zero_shot", {}))
+    wikitext = any("wikitext2" in row for row in stages.values())
     header = ["model", "params (M)", *[f"ppl {d}" for d in domains], *[f"ppl {d} / dense" for d in domains],
-              *tasks, "zero-shot avg", "WikiText-2 ppl", "tokens/s (1x512)"]
+              *tasks, *(["zero-shot avg"] if tasks else []), *(["WikiText-2 ppl"] if wikitext else []),
+              "tokens/s (1x512)"]
     rows = []
     for name, row in stages.items():
         zs = row.get("zero_shot", {})
@@ -31,8 +33,8 @@ def _stage_rows(result) -> tuple:
             *[f"{row['perplexity'][d]:.2f}" for d in domains],
             *[f"{row['perplexity'][d] / dense['perplexity'][d]:.2f}x" for d in domains],
             *[f"{zs[t]['value']:.3f}" if t in zs else "-" for t in tasks],
-            f"{row['zero_shot_average']:.3f}" if "zero_shot_average" in row else "-",
-            f"{row['wikitext2']['perplexity']:.2f}" if "wikitext2" in row else "-",
+            *([f"{row['zero_shot_average']:.3f}" if "zero_shot_average" in row else "-"] if tasks else []),
+            *([f"{row['wikitext2']['perplexity']:.2f}" if "wikitext2" in row else "-"] if wikitext else []),
             f"{row['tokens_per_s']:.0f}",
         ])
     return header, rows
@@ -72,6 +74,7 @@ def prune_report(result) -> str:
             names.append(name)
     plots = [f.to_html(full_html=False, include_plotlyjs="inline" if i == 0 else False) for i, f in enumerate(figs)]
     header, rows = _stage_rows(result)
+    wikitext_note = f"; WikiText-2 at {result.settings['seq_len']} tokens" if "WikiText-2 ppl" in header else ""
     dense, final = result.stages["dense"], result.stages.get("lhspg_recovered", {})
     removed = 1 - final.get("params", dense["params"]) / dense["params"]
     summary = [("parameters removed", f"{removed:.1%} ({dense['params'] / 1e6:.1f} M -> "
@@ -91,7 +94,7 @@ table{{border-collapse:collapse;margin:8px 0}}td,th{{border:1px solid #ccc;paddi
 <h2>Models</h2>
 <p>Perplexity on held-out blocks of {result.settings["block_len"]} tokens (never trained on or used for a
 decision); zero-shot scores on the first {result.settings["eval_limit"]} items of each task
-(lm-evaluation-harness conventions); WikiText-2 at {result.settings["seq_len"]} tokens.</p>
+(lm-evaluation-harness conventions){wikitext_note}.</p>
 {_table(rows, header)}
 <h2>Knowledge distribution</h2>{plots[0]}
 <h2>LHSPG</h2>{plots[1]}
