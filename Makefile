@@ -7,7 +7,7 @@ RATIO ?= 0.2
 # offline evaluation sets (BoolQ, PIQA, HellaSwag, ARC-e, WikiText-2) in the shared folder beside the repo
 export SHEAR_GRAPH_EVAL_DATA ?= $(wildcard $(abspath ../shared/data/eval))
 
-.PHONY: install run test test-fast bench bench-eval clean
+.PHONY: install run test test-fast bench bench-eval bench-peers clean
 
 install: $(VENV)/.installed
 
@@ -35,6 +35,10 @@ bench: install
 
 bench-eval: install
 	$(PY) benchmarks/eval_throughput.py
+
+bench-peers: install
+	$(PIP) install -q -e ".[bench]"
+	$(PY) benchmarks/peers.py graph
 
 clean:
 	rm -rf $(VENV) out

@@ -81,6 +81,7 @@ class PrunePlan:
                 "find the groups of this model: sg.find_groups(sg.trace(model))"
             )
         by_id = {g.id: g for g in groups}
+        params = _params_by_name(model)
         removals = []
         for gid, chans in channels.items():
             if gid not in by_id:
@@ -100,7 +101,7 @@ class PrunePlan:
                 continue
             removals.append(GroupRemoval(
                 group=gid, kind=g.kind, layer=g.layer, n_channels=g.n_channels, channels=chans,
-                slices=[{"param": s.param, "dim": s.dim, "size": _dim_size(model, s.param, s.dim), "width": s.width,
+                slices=[{"param": s.param, "dim": s.dim, "size": _dim_size(params, s.param, s.dim), "width": s.width,
                          "indices": np.sort(s.indices[chans].ravel()).tolist()} for s in g.slices],
                 rms_norm_weights=[list(x) for x in g.rms_norm_weights],
                 layer_norm_params=list(g.layer_norm_params),
@@ -113,7 +114,7 @@ class PrunePlan:
                 widths[g.id].update(module=g.attention.module, num_heads=g.attention.num_heads,
                                     num_kv_heads=g.attention.num_kv_heads, head_dim=g.attention.head_dim,
                                     kv_heads_per_channel=g.attention.kv_heads_per_channel)
-        return cls(type(model).__name__, fingerprint(model), removals, widths, method)
+        return cls(type(model).__name__, fp, removals, widths, method)
 
     # -- reading -----------------------------------------------------------
     def removed_indices(self) -> dict:
@@ -221,8 +222,8 @@ def _params_by_name(model) -> dict:
     return dict(model.named_parameters(remove_duplicate=False))
 
 
-def _dim_size(model, name, dim) -> int:
-    p = _params_by_name(model).get(name)
+def _dim_size(params: dict, name, dim) -> int:
+    p = params.get(name)
     if p is None:
         raise PlanError(f"model has no parameter {name}")
     return int(p.shape[dim])

@@ -131,3 +131,22 @@ def test_inplace_changes_the_model_and_default_does_not(llama):
     assert out is not copy_ and copy_.model.layers[1].mlp.up_proj.weight.shape[0] == 96
     out = sg.apply_plan(copy_, plan, inplace=True)
     assert out is copy_ and copy_.model.layers[1].mlp.up_proj.weight.shape[0] == 93
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2"])
+def test_pruned_model_shares_no_tensor_with_the_input(family):
+    """apply_plan copies only what it keeps unsliced; nothing of the result may
+    alias the input (tied embeddings included), or training it would change the input."""
+    model = build(family)
+    groups = sg.find_groups(sg.trace(model))
+    plan = sg.PrunePlan.from_channels(model, groups, {g.id: [0] for g in groups if g.kind in ("ffn", "hidden")})
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    out = sg.apply_plan(model, plan)
+    storages = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    assert not [n for n, p in out.named_parameters() if p.untyped_storage().data_ptr() in storages]
+    with torch.no_grad():
+        for p in out.parameters():
+            p.add_(1.0)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    if model.config.tie_word_embeddings:
+        assert out.get_input_embeddings().weight is out.get_output_embeddings().weight
