@@ -8,6 +8,7 @@ it stopped and reaches the same plan.
 """
 from __future__ import annotations
 
+import copy
 import json
 import math
 import shutil
@@ -225,7 +226,7 @@ def _evaluate(model, tokenizer, eval_blocks: dict, settings: PruneSettings, task
 
 def prune(model: nn.Module | None = None, tokenizer=None, *, out, settings: PruneSettings | None = None,
           domains: list | None = None, data_dir=None, overwrite: bool = False, resume: bool = False,
-          report=None, progress: bool = True) -> PruneResult:
+          report=None, progress: bool = True, peers: dict | None = None) -> PruneResult:
     """Prune ``settings.ratio`` of ``model``'s parameters the LoRAShear way and recover.
 
     Stages: data split (evaluation blocks, probe blocks, training blocks per
@@ -260,6 +261,14 @@ def prune(model: nn.Module | None = None, tokenizer=None, *, out, settings: Prun
     report : callable, optional
         ``report(result)`` writes the HTML report (``viz.prune_report.write_prune_report``;
         the core never imports viz).
+    peers : dict of str -> callable, optional
+        Other pruning methods run beside, on equal terms (``benchmarks/peers.py``):
+        ``fn(model, calib, n_params)`` gets a copy of the dense model, calibration
+        blocks (int64 [n, block_len], training split) and the LoRAShear model's
+        parameter count to match, and returns the pruned model. Each is evaluated
+        after pruning (zero-shot included) and after the same recovery; stages
+        ``{name}_pruned`` and ``{name}_recovered``. Only their results are cached:
+        a resumed run skips a finished peer and reruns an unfinished one whole.
 
     Returns
     -------
@@ -370,17 +379,20 @@ def prune(model: nn.Module | None = None, tokenizer=None, *, out, settings: Prun
     reference = {d: held_out_loss(model, b, batch_size=settings.batch_size) for d, b in probe.items()}
     recovery = work.json("recovery") or {}
 
+    def run_recovery(name, start_model, checkpoint_dir=None):
+        res = timed(f"recovery {name}", lambda: recover(
+            start_model, train, probe, reference, steps=settings.recovery_steps, batch_size=settings.batch_size,
+            lr=settings.recovery_lr, lora_rank=settings.lora_rank, lora_alpha=settings.lora_alpha,
+            update_every=settings.update_every, seed=settings.seed, device=device, dtype=dtype, progress=progress,
+            checkpoint_dir=checkpoint_dir))
+        recovery[name] = res.to_dict()
+        work.put_json("recovery", recovery)
+        return res.model
+
     def recovered(name, start_model):
         m = work.model(f"{name}_recovered", device, dtype)
         if m is None:
-            res = timed(f"recovery {name}", lambda: recover(
-                start_model, train, probe, reference, steps=settings.recovery_steps,
-                batch_size=settings.batch_size, lr=settings.recovery_lr, lora_rank=settings.lora_rank,
-                lora_alpha=settings.lora_alpha, update_every=settings.update_every, seed=settings.seed,
-                device=device, dtype=dtype, progress=progress, checkpoint_dir=work.dir / f"recovery_{name}"))
-            m = res.model
-            recovery[name] = res.to_dict()
-            work.put_json("recovery", recovery)
+            m = run_recovery(name, start_model, work.dir / f"recovery_{name}")
             work.put_model(f"{name}_recovered", m)
         return m
 
@@ -401,6 +413,14 @@ def prune(model: nn.Module | None = None, tokenizer=None, *, out, settings: Prun
         stage_eval("baseline_pruned", base_pruned, with_tasks=False)
         base_final = recovered("baseline", base_pruned) if settings.recovery_steps else base_pruned
         stage_eval("baseline_recovered", base_final)
+
+    for name, fn in (peers or {}).items():
+        if f"{name}_recovered" in stages:
+            continue
+        stages.pop(f"{name}_pruned", None)
+        peer = timed(f"{name} pruning", lambda: fn(copy.deepcopy(model), calib, count_params(pruned)))
+        stage_eval(f"{name}_pruned", peer)
+        stage_eval(f"{name}_recovered", run_recovery(name, peer) if settings.recovery_steps else peer)
 
     result = PruneResult(out, _settings_dict(settings), stages, json.loads(km.to_json()), work.json("lhspg") or {},
                          recovery, seconds, split)

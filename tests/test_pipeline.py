@@ -164,3 +164,29 @@ def test_saliency_is_calibrated_on_every_domain():
     blocks = {"a": torch.zeros(10, 4, dtype=torch.long), "b": torch.ones(10, 4, dtype=torch.long)}
     sample = calibration_sample(blocks, 8)
     assert sample.shape == (8, 4) and (sample[:, 0] == 0).sum() == 4 and (sample[:, 0] == 1).sum() == 4
+
+
+def test_peers_run_beside_on_the_same_terms_and_only_they_run_on_resume(tiny, finished, tmp_path):
+    import shutil
+
+    out = tmp_path / "out"
+    shutil.copytree(finished.out, out)
+    seen = {}
+
+    def magnitude_peer(model, calib, n_params):
+        seen.update(calib=tuple(calib.shape), n_params=n_params)
+        groups = sg.find_groups(sg.trace(model))
+        return sg.apply_plan(model, sg.plan_by_magnitude(model, groups, 1 - n_params / sg.count_params(model),
+                                                         kinds=("ffn",)))
+
+    result = prune(*tiny, out=out, settings=settings(), domains=tiny_domains(), resume=True, progress=False,
+                   peers={"magnitude": magnitude_peer}, report=write_prune_report)
+    assert seen == {"calib": (16, 32), "n_params": finished.stages["lhspg_pruned"]["params"]}
+    assert list(result.stages)[-2:] == ["magnitude_pruned", "magnitude_recovered"]
+    for stage in ("dense", "lhspg_pruned", "lhspg_recovered", "baseline_pruned", "baseline_recovered"):
+        assert result.stages[stage] == finished.stages[stage]  # cached, not run again
+    assert {k for k in result.seconds if k not in finished.seconds} == {
+        "magnitude pruning", "evaluate magnitude_pruned", "recovery magnitude", "evaluate magnitude_recovered"}
+    assert abs(result.stages["magnitude_pruned"]["params"] - seen["n_params"]) / seen["n_params"] < 0.02
+    assert result.recovery["magnitude"]["weights_history"]
+    assert "magnitude, after recovery" in (out / "report.html").read_text()

@@ -16,6 +16,15 @@ STAGE_LABELS = {
 }
 
 
+def _label(stage: str) -> str:
+    if stage in STAGE_LABELS:
+        return STAGE_LABELS[stage]
+    for suffix, when in (("_pruned", "after pruning"), ("_recovered", "after recovery")):
+        if stage.endswith(suffix):
+            return f"{stage[:-len(suffix)]}, {when}"
+    return stage
+
+
 def _stage_rows(result) -> tuple:
     stages = result.stages
     dense = stages["dense"]
@@ -29,7 +38,7 @@ def _stage_rows(result) -> tuple:
     for name, row in stages.items():
         zs = row.get("zero_shot", {})
         rows.append([
-            STAGE_LABELS.get(name, name), f"{row['params'] / 1e6:.2f}",
+            _label(name), f"{row['params'] / 1e6:.2f}",
             *[f"{row['perplexity'][d]:.2f}" for d in domains],
             *[f"{row['perplexity'][d] / dense['perplexity'][d]:.2f}x" for d in domains],
             *[f"{zs[t]['value']:.3f}" if t in zs else "-" for t in tasks],
