@@ -25,7 +25,7 @@ from .data import DataError, Domain, check_tokenizer, default_domains, make_bloc
 from .errors import CheckpointError, PlanError, ShearGraphError
 from .groups import find_groups
 from .knowledge import KnowledgeMap, analyze_knowledge, held_out_loss
-from .plan import PrunePlan, atomic_write_text, check_ratio, count_params, plan_by_saliency
+from .plan import PrunePlan, atomic_write_text, check_ratio, check_reachable, count_params, plan_by_saliency
 from .prune import apply_plan
 from .saliency import compute_saliency
 from .trace import trace
@@ -345,9 +345,12 @@ def prune(model: nn.Module | None = None, tokenizer=None, *, out, settings: Prun
                 m, tokenizer, eval_blocks, settings, tasks if with_tasks else [], data, exclude))
             work.put_json("stages", stages)
 
-    stage_eval("dense", model)
-
     groups = find_groups(trace(model))
+    # fail before any work when even a plan with no cluster kept whole cannot reach the ratio
+    check_reachable(model, groups, settings.ratio, settings.kinds,
+                    note=" even before the knowledge analysis keeps its unprunable clusters whole; choose a smaller "
+                         "ratio (--ratio) or more group kinds (PruneSettings.kinds)")
+    stage_eval("dense", model)
     km_json = work.json("knowledge")
     if km_json is None:
         def analysis():

@@ -252,6 +252,30 @@ def check_ratio(ratio) -> None:
         raise PlanError(f"ratio must be in [0, 1), got {ratio}")
 
 
+def max_removable(model: torch.nn.Module, groups: list, kinds=None, exclude=()) -> float:
+    """The largest share of the parameters any plan can remove: every selected
+    group down to one channel (``kinds`` and ``exclude`` as in :func:`plan_by_saliency`)."""
+    kinds = set(kinds) if kinds else None
+    excluded = set(getattr(exclude, "unprunable_groups", exclude))
+    chans = {g.id: list(range(1, g.n_channels)) for g in groups
+             if (kinds is None or g.kind in kinds) and g.id not in excluded}
+    plan = PrunePlan.from_channels(model, groups, chans)
+    return 1 - count_params(model, plan.removed_indices()) / count_params(model)
+
+
+def check_reachable(model: torch.nn.Module, groups: list, ratio: float, kinds=None, exclude=(), note: str = "") -> None:
+    """Raise :class:`PlanError` naming the largest reachable ratio when no plan
+    over ``kinds`` (less ``exclude``) can remove ``ratio`` of the parameters."""
+    best = max_removable(model, groups, kinds, exclude)
+    if best < ratio:
+        excluded = set(getattr(exclude, "unprunable_groups", exclude))
+        raise PlanError(
+            f"ratio {ratio} cannot be reached with group kinds {sorted(kinds) if kinds else 'all'}"
+            f"{f' and {len(excluded)} groups excluded as unprunable' if excluded else ''}: "
+            f"at most {best:.3f} of the parameters are removable{note}"
+        )
+
+
 def plan_by_saliency(model: torch.nn.Module, groups: list, saliency, ratio: float, kinds=None,
                      exclude=()) -> PrunePlan:
     """Remove ``ratio`` of the model's parameters, lowest-saliency channels first.
@@ -295,13 +319,7 @@ def plan_by_saliency(model: torch.nn.Module, groups: list, saliency, ratio: floa
     def removed(plan: PrunePlan) -> float:
         return 1 - count_params(model, plan.removed_indices()) / total
 
-    best = plan_at(1.0)
-    if removed(best) < ratio:
-        raise PlanError(
-            f"ratio {ratio} cannot be reached with group kinds {sorted(kinds) if kinds else 'all'}"
-            f"{f' and {len(excluded)} groups excluded as unprunable' if excluded else ''}: "
-            f"at most {removed(best):.3f} of the parameters are removable"
-        )
+    check_reachable(model, groups, ratio, kinds, exclude)
     lo, hi = 0.0, 1.0
     for _ in range(30):
         mid = (lo + hi) / 2

@@ -98,8 +98,21 @@ def test_existing_out_is_refused_without_overwrite_or_resume(tiny, tmp_path):
 
 
 def test_unreachable_ratio_says_the_largest_that_can(tiny, tmp_path):
-    with pytest.raises(PlanError, match="at most 0.[0-9]+ of the parameters are removable"):
+    with pytest.raises(PlanError, match="at most 0.[0-9]+ of the parameters are removable even before"):
         prune(*tiny, out=tmp_path / "out", settings=settings(ratio=0.6, kinds=("attention_head",)),
+              domains=tiny_domains(), progress=False)
+    assert not (tmp_path / "out" / ".work" / "stages.json").exists()  # refused before any evaluation
+
+
+def test_ratio_unreachable_only_after_the_analysis_names_the_exclusions(tiny, tmp_path):
+    model, _ = tiny
+    groups = sg.find_groups(sg.trace(model))
+    from shear_graph.plan import max_removable
+
+    no_exclusion = max_removable(model, groups, ("attention_head", "ffn"))
+    ratio = round(no_exclusion - 0.01, 3)
+    with pytest.raises(PlanError, match=r"groups excluded as unprunable: at most 0.[0-9]+ of the parameters"):
+        prune(*tiny, out=tmp_path / "out", settings=settings(ratio=ratio, unprunable_ratio=0.5),
               domains=tiny_domains(), progress=False)
 
 
