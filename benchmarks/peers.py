@@ -79,59 +79,142 @@ def child_shear_graph(model_name: str) -> dict:
             "removed": 1 - _n_params(pruned) / dense, "groups": len(groups)}
 
 
-def _tp_prune(model, ratio: float) -> tuple:
-    """Torch-Pruning's LLM recipe at one uniform channel ratio; returns the
-    seconds to build the dependency graph and the total seconds."""
+def _tp_prune(model, ratio: float, recipe: str = "tp-magnitude", calib=None) -> tuple:
+    """One Torch-Pruning run at a uniform channel ratio; returns the seconds to
+    build the dependency graph and the total seconds.
+
+    ``tp-magnitude``: its LLM example (L2 group magnitude; hidden, head and FFN
+    channels; ``lm_head`` ignored). ``llm-pruner-taylor``: LLM-Pruner's recipe in
+    Torch-Pruning terms: first-order Taylor importance (Element1) from the loss
+    on ``calib`` (10 blocks), heads and FFN channels only (no hidden channel:
+    ``o_proj``/``down_proj`` never pruned at their outputs), uniform over layers
+    4..N-2, the others left whole.
+    """
     import torch
     import torch_pruning as tp
     import transformers.models.llama.modeling_llama as llama
 
     model.set_attn_implementation("eager")  # repeat_kv visible to its tracer; SDPA's GQA is not
     ids = torch.randint(0, model.config.vocab_size, (1, 16))
-    num_heads = {}
-    for name, m in model.named_modules():
-        if name.endswith("self_attn"):
-            num_heads[m.q_proj] = model.config.num_attention_heads
-            num_heads[m.k_proj] = model.config.num_key_value_heads
-            num_heads[m.v_proj] = model.config.num_key_value_heads
+    layers = model.model.layers
+    num_heads, ignored = {}, [model.lm_head]
+    for m in layers:
+        num_heads[m.self_attn.q_proj] = model.config.num_attention_heads
+        num_heads[m.self_attn.k_proj] = model.config.num_key_value_heads
+        num_heads[m.self_attn.v_proj] = model.config.num_key_value_heads
+    if recipe == "llm-pruner-taylor":
+        kept = [m for i, m in enumerate(layers) if not 4 <= i < len(layers) - 2]
+        ignored += [lin for m in kept for lin in m.modules() if isinstance(lin, torch.nn.Linear)]
+        ignored += [lin for m in layers for lin in (m.self_attn.o_proj, m.mlp.down_proj)]
+        importance = tp.importance.GroupTaylorImportance()
+    else:
+        importance = tp.importance.GroupMagnitudeImportance(p=2, group_reduction="mean")
     rotary = llama.apply_rotary_pos_emb
     t0 = time.perf_counter()
     llama.apply_rotary_pos_emb = lambda q, k, cos, sin, *a, **kw: (q, k)
     try:
         pruner = tp.pruner.MetaPruner(
-            model, example_inputs=ids, importance=tp.importance.GroupMagnitudeImportance(p=2, group_reduction="mean"),
-            global_pruning=False, pruning_ratio=ratio, ignored_layers=[model.lm_head], num_heads=num_heads,
-            prune_num_heads=True, prune_head_dims=False, head_pruning_ratio=ratio, round_to=4,
-            forward_fn=lambda m, x: m(x, use_cache=False).logits)
+            model, example_inputs=ids, importance=importance, global_pruning=False, pruning_ratio=ratio,
+            ignored_layers=ignored, num_heads=num_heads, prune_num_heads=True, prune_head_dims=False,
+            head_pruning_ratio=ratio, round_to=4, forward_fn=lambda m, x: m(x, use_cache=False).logits)
     finally:
         llama.apply_rotary_pos_emb = rotary
     t_graph = time.perf_counter() - t0
+    if recipe == "llm-pruner-taylor":
+        model.zero_grad()
+        model(calib[:10], labels=calib[:10], use_cache=False).loss.backward()
     for group in pruner.step(interactive=True):
         group.prune()
+    model.zero_grad(set_to_none=True)
+    _retie(model)
     _tp_update_attributes(model)
     t_total = time.perf_counter() - t0
+    model.set_attn_implementation("sdpa")
     with torch.no_grad():
         model(ids)  # the pruned model runs
     return t_graph, t_total
 
 
-def child_tp_ratio(model_name: str) -> dict:
-    """Torch-Pruning's uniform channel ratio that removes ``RATIO`` of the
-    parameters, found by secant steps on copies (the removed share is close to
-    linear in the ratio, up to its rounding to whole heads and to 4 channels)."""
+def _retie(model) -> None:
+    """Torch-Pruning slices a tied embedding and ``lm_head`` as two tensors; where
+    they are still equal, tie them again, so the pruned model is not larger than
+    it needs to be (without this its hidden pruning *adds* a vocabulary-sized matrix)."""
+    import torch
+
+    emb, head = model.get_input_embeddings().weight, model.get_output_embeddings().weight
+    if model.config.tie_word_embeddings and emb is not head and emb.shape == head.shape and torch.equal(emb, head):
+        model.get_output_embeddings().weight = emb
+
+
+def _tp_calibrate(model, target: float, recipe: str = "tp-magnitude", calib=None) -> tuple:
+    """Torch-Pruning's uniform channel ratio that removes ``target`` of the
+    parameters (secant steps on copies: the removed share is close to linear in
+    the ratio, up to rounding to whole heads and 4 channels) -> (ratio, the
+    pruned copy at that ratio)."""
     import copy
 
-    model = _load(model_name)
-    dense, ratio, removed = _n_params(model), RATIO, 0.0
-    for _ in range(3):
+    dense, ratio = _n_params(model), target
+    for _ in range(5):
         trial = copy.deepcopy(model)
-        _tp_prune(trial, ratio)
+        _tp_prune(trial, ratio, recipe, calib)
         removed = 1 - _n_params(trial) / dense
-        if abs(removed - RATIO) < 0.002:
+        if abs(removed - target) < 0.003:
             break
-        ratio = min(0.95, ratio * RATIO / removed)
-        del trial
-    return {"channel_ratio": ratio}
+        ratio = min(0.95, ratio * target / max(removed, 1e-3))
+    return ratio, trial
+
+
+def tp_peer(recipe: str):
+    """A ``sg.prune`` peer: Torch-Pruning ``recipe`` leaving ``n_params`` parameters."""
+    def prune_to(model, calib, n_params):
+        return _tp_calibrate(model, 1 - n_params / _n_params(model), recipe, calib)[1]
+
+    return prune_to
+
+
+def sg_magnitude_peer(model, calib, n_params):
+    """shear-graph one-shot magnitude (heads and FFN channels, uniform share per group)."""
+    import shear_graph as sg
+
+    groups = sg.find_groups(sg.trace(model))
+    ratio = 1 - n_params / sg.count_params(model)
+    return sg.apply_plan(model, sg.plan_by_magnitude(model, groups, ratio, kinds=("attention_head", "ffn")))
+
+
+PEERS = {"tp_magnitude": tp_peer("tp-magnitude"), "llm_pruner_taylor": tp_peer("llm-pruner-taylor"),
+         "sg_magnitude": sg_magnitude_peer}
+
+
+def part_quality(ratio: float, smoke: bool = False) -> dict:
+    """LoRAShear (``sg.prune``, with its Taylor baseline) and the peers, at one
+    ratio, in one run: same data split, evaluation blocks (Python docs, stdlib
+    code, Devil's Dictionary, WikiText-2 test), zero-shot items, recovery budget."""
+    import shear_graph as sg
+    from shear_graph.data import Domain
+    from shear_graph.default_model import load_default_model
+    from shear_graph.pipeline import out_of_domain_text
+    from shear_graph.tasks import data_dir
+    from viz.prune_report import write_prune_report
+
+    wiki = data_dir(None) / "wikitext2" / "wiki.test.raw"
+    eval_domains = [d for d in [out_of_domain_text()] if d is not None]
+    eval_domains.append(Domain("wikitext2_test", [wiki.read_text()], str(wiki)))
+    settings = sg.PruneSettings(ratio=ratio, n_eval=16)
+    if smoke:
+        settings = sg.PruneSettings(ratio=ratio, block_len=32, n_eval=2, n_probe=2, n_train=12, warmup_steps=1,
+                                    n_periods=2, period_steps=2, final_steps=1, recovery_steps=4, update_every=2,
+                                    batch_size=2, lora_rank=4, eval_limit=10)
+    model, tok = load_default_model(n_layers=8 if smoke else None)
+    out = HERE / "work" / f"quality_{ratio}{'_smoke' if smoke else ''}"
+    result = sg.prune(model, tok, out=out, settings=settings, resume=out.exists(), peers=PEERS,
+                      eval_domains=eval_domains, report=write_prune_report)
+    return {"ratio": ratio, "smoke": smoke, "settings": result.settings, "stages": result.stages,
+            "seconds": result.seconds, "report": str(out / "report.html")}
+
+
+def child_tp_ratio(model_name: str) -> dict:
+    """The channel ratio at which Torch-Pruning removes ``RATIO`` of the parameters."""
+    return {"channel_ratio": _tp_calibrate(_load(model_name), RATIO)[0]}
 
 
 def child_torch_pruning(model_name: str, ratio: str) -> dict:
@@ -217,23 +300,64 @@ def write_report() -> Path:
                          f"{r['removed']:.1%} | {r['peak_rss_gb']:.2f} | {r['model_rss_gb']:.2f} |")
         lines += ["", "shear-graph alone on meta-device configs (no weights; `benchmarks/trace_scale.py`):", "",
                   *[f"    {line}" for line in g["meta_scale"]], ""]
+    for name, q in parts.items():
+        if name.startswith("quality_"):
+            lines += _quality_section(q)
     path = HERE / "RESULTS.md"
     path.write_text("\n".join(lines))
     return path
 
 
+LABELS = {"dense": "dense", "lhspg": "shear-graph LoRAShear (LHSPG)", "baseline": "shear-graph one-shot Taylor",
+          "sg_magnitude": "shear-graph one-shot magnitude", "tp_magnitude": "Torch-Pruning magnitude (its LLM example)",
+          "llm_pruner_taylor": "LLM-Pruner-style Taylor (Torch-Pruning, layers 4..N-2)"}
+
+
+def _quality_section(q: dict) -> list:
+    stages, env = q["stages"], q["environment"]
+    dense = stages["dense"]
+    domains = list(dense["perplexity"])
+    smoke = " (smoke setting: an 8-layer cut, tiny settings; not a measurement)" if q["smoke"] else ""
+    lines = [f"## Quality and speed at {q['ratio']:.0%} of the parameters removed{smoke}", "",
+             f"Command: `.venv/bin/python benchmarks/peers.py quality {q['ratio']}{' --smoke' if q['smoke'] else ''}`"
+             f" ({q['date']}; {env['machine']}; torch {env['torch']}, torch-pruning {env['torch-pruning']}). "
+             f"One `sg.prune` run with the peers beside it: the same evaluation blocks ({q['settings']['n_eval']} "
+             f"x {q['settings']['block_len']} tokens per domain, never trained on), the first "
+             f"{q['settings']['eval_limit']} items of each zero-shot task, and the same recovery for every method "
+             f"({q['settings']['recovery_steps']} steps of {q['settings']['batch_size']} x "
+             f"{q['settings']['block_len']} tokens, LoRA r={q['settings']['lora_rank']}, the dynamic mixture). "
+             "Perplexity as a multiple of dense in brackets; tokens/s: forward, batch 1 x 512, median of 5.", "",
+             "| method | recovery | params (M) | " + " | ".join(f"ppl {d}" for d in domains)
+             + " | zero-shot avg | tokens/s |", "|---|---|---|" + "---|" * len(domains) + "---|---|"]
+    for stage, row in stages.items():
+        method, _, when = stage.rpartition("_")
+        method = method or stage
+        ppl = " | ".join(f"{row['perplexity'][d]:.2f} ({row['perplexity'][d] / dense['perplexity'][d]:.2f}x)"
+                         for d in domains)
+        zs = f"{row['zero_shot_average']:.3f}" if "zero_shot_average" in row else "-"
+        recovered = {"recovered": "yes", "pruned": "no"}.get(when, "")
+        lines.append(f"| {LABELS.get(method, method)} | {recovered} | {row['params'] / 1e6:.1f} | {ppl} | {zs} | "
+                     f"{row['tokens_per_s']:.0f} |")
+    return lines + ["", f"Report with every curve: `{q['report']}`.", ""]
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("part", choices=["graph", "report", "child"])
-    parser.add_argument("args", nargs="*")
+    parser.add_argument("part", choices=["graph", "quality", "report", "child"])
+    parser.add_argument("args", nargs="*", help="quality: the ratios (default 0.2 0.5); child: tool and model")
+    parser.add_argument("--smoke", action="store_true", help="quality on an 8-layer cut with tiny settings")
     args = parser.parse_args(argv)
     if args.part == "child":
         print(json.dumps(CHILDREN[args.args[0]](*args.args[1:])))
         return
+    RESULTS.mkdir(exist_ok=True)
+    stamp = {"date": time.strftime("%Y-%m-%d"), "environment": environment()}
     if args.part == "graph":
-        RESULTS.mkdir(exist_ok=True)
-        result = {"date": time.strftime("%Y-%m-%d"), "environment": environment(), **part_graph()}
-        (RESULTS / "graph.json").write_text(json.dumps(result, indent=1))
+        (RESULTS / "graph.json").write_text(json.dumps({**stamp, **part_graph()}, indent=1))
+    if args.part == "quality":
+        for ratio in [float(r) for r in args.args] or [0.2, 0.5]:
+            name = f"quality_{ratio}{'_smoke' if args.smoke else ''}.json"
+            (RESULTS / name).write_text(json.dumps({**stamp, **part_quality(ratio, args.smoke)}, indent=1))
     print(write_report())
 
 

@@ -226,7 +226,8 @@ def _evaluate(model, tokenizer, eval_blocks: dict, settings: PruneSettings, task
 
 def prune(model: nn.Module | None = None, tokenizer=None, *, out, settings: PruneSettings | None = None,
           domains: list | None = None, data_dir=None, overwrite: bool = False, resume: bool = False,
-          report=None, progress: bool = True, peers: dict | None = None) -> PruneResult:
+          report=None, progress: bool = True, peers: dict | None = None,
+          eval_domains: list | None = None) -> PruneResult:
     """Prune ``settings.ratio`` of ``model``'s parameters the LoRAShear way and recover.
 
     Stages: data split (evaluation blocks, probe blocks, training blocks per
@@ -250,8 +251,10 @@ def prune(model: nn.Module | None = None, tokenizer=None, *, out, settings: Prun
     settings : PruneSettings
     domains : list of Domain, optional
         Training/calibration domains; default Python docs and standard-library
-        code. The Devil's Dictionary (if installed) is added as an evaluation-only
-        out-of-domain text.
+        code.
+    eval_domains : list of Domain, optional
+        Evaluation-only texts (perplexity on ``n_eval`` blocks each, never trained
+        on); default the Devil's Dictionary when installed, ``[]`` for none.
     data_dir : path, optional
         Zero-shot task folder (:mod:`shear_graph.tasks`; default
         ``$SHEAR_GRAPH_EVAL_DATA``); without one, zero-shot tasks are skipped.
@@ -319,15 +322,20 @@ def prune(model: nn.Module | None = None, tokenizer=None, *, out, settings: Prun
         return value
 
     domains = domains or default_domains()
-    ood = out_of_domain_text()
+    if eval_domains is None:
+        eval_domains = [d for d in [out_of_domain_text()] if d is not None]
+    clash = {d.name for d in eval_domains} & {d.name for d in domains}
+    if clash:
+        raise DataError(f"domain(s) {sorted(clash)} given both for training and as evaluation-only; "
+                        "a text is one or the other")
     blocks = make_blocks(tokenizer, domains, settings.block_len, settings.n_eval,
                          settings.n_probe + settings.n_train, settings.seed)
     eval_blocks = dict(blocks.eval)
     split = blocks.split.to_dict()
-    if ood is not None:
-        ood_blocks = make_blocks(tokenizer, [ood], settings.block_len, settings.n_eval, 1, settings.seed)
-        eval_blocks[ood.name] = ood_blocks.eval[ood.name]
-        split["domains"][ood.name] = {**ood_blocks.split.domains[ood.name], "use": "evaluation only"}
+    for extra in eval_domains:
+        extra_blocks = make_blocks(tokenizer, [extra], settings.block_len, settings.n_eval, 1, settings.seed)
+        eval_blocks[extra.name] = extra_blocks.eval[extra.name]
+        split["domains"][extra.name] = {**extra_blocks.split.domains[extra.name], "use": "evaluation only"}
     probe, train = _split_calib(blocks, settings.n_probe, settings.n_train)
     train_all = torch.cat(list(train.values()))
     calib = calibration_sample(train, 8 * settings.batch_size)

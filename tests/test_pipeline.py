@@ -203,3 +203,15 @@ def test_peers_run_beside_on_the_same_terms_and_only_they_run_on_resume(tiny, fi
     assert abs(result.stages["magnitude_pruned"]["params"] - seen["n_params"]) / seen["n_params"] < 0.02
     assert result.recovery["magnitude"]["weights_history"]
     assert "magnitude, after recovery" in (out / "report.html").read_text()
+
+
+def test_evaluation_only_domains_are_reported_and_never_trained_on(tiny, tmp_path):
+    prose = Domain("prose", ["The quick brown fox jumps over the lazy dog. " * 200], "inline")
+    result = prune(*tiny, out=tmp_path / "out", settings=settings(baseline=None), domains=tiny_domains(),
+                   eval_domains=[prose], progress=False)
+    assert set(result.stages["dense"]["perplexity"]) == {"docs", "code", "prose"}
+    assert result.split["domains"]["prose"]["use"] == "evaluation only"
+    assert set(result.recovery["lhspg"]["weights_history"][-1]["weights"]) == {"docs", "code"}
+    with pytest.raises(sg.DataError, match=r"\['docs'\] given both for training and as evaluation-only"):
+        prune(*tiny, out=tmp_path / "o2", settings=settings(), domains=tiny_domains(),
+              eval_domains=[tiny_domains()[0]], progress=False)
