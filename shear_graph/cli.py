@@ -22,6 +22,20 @@ def _fail(message: str) -> None:
     raise typer.Exit(2)
 
 
+def _check_out(out: Path, overwrite: bool, resume: bool | None = None) -> None:
+    """Refuse, before any work, an ``out`` that exists (unless told) or cannot be written."""
+    import tempfile
+
+    if out.exists() and not (overwrite or resume):
+        _fail(f"{out} exists; pass --overwrite to replace it"
+              + (" or --resume to continue the run in it" if resume is not None else ""))
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tempfile.NamedTemporaryFile(dir=out.parent).close()
+    except OSError as e:
+        _fail(f"cannot write to {out.parent} ({e.strerror or e}); choose another --out")
+
+
 @app.command()
 def groups(model: Optional[str] = typer.Argument(None, help="Local model folder; default: the embedded SmolLM2-135M")):
     """Trace MODEL and print its removal groups."""
@@ -64,8 +78,7 @@ def oneshot(
 
     from shear_graph.plan import check_ratio
 
-    if out.exists() and not overwrite:
-        _fail(f"{out} exists; pass --overwrite to replace it")
+    _check_out(out, overwrite)
     if model is not None and Path(model).exists():
         src, dst = Path(model).resolve(), out.resolve()
         if dst == src or dst in src.parents or src in dst.parents:
@@ -163,8 +176,7 @@ def analyze(
     from shear_graph.data import check_tokenizer
     from shear_graph.default_model import load_model
 
-    if out.exists() and not overwrite:
-        _fail(f"{out} exists; pass --overwrite to replace it")
+    _check_out(out, overwrite)
     if dtype not in ("float32", "bfloat16", "float16"):
         _fail(f"--dtype must be float32, bfloat16 or float16, got {dtype}")
     times = {}
@@ -258,8 +270,8 @@ def eval_(
     from shear_graph.default_model import load_model
     from shear_graph.tasks import available
 
-    if out is not None and out.exists() and not overwrite:
-        _fail(f"{out} exists; pass --overwrite to replace it")
+    if out is not None:
+        _check_out(out, overwrite)
     try:
         lengths = [int(n) for n in seq_len.split(",") if n.strip()]
     except ValueError:
@@ -340,8 +352,7 @@ def prune(
     from shear_graph.default_model import load_model
     from shear_graph.pipeline import prune as run_prune
 
-    if out.exists() and not (overwrite or resume):
-        _fail(f"{out} exists; pass --overwrite to replace it or --resume to continue the run in it")
+    _check_out(out, overwrite, resume)
     if model is not None and Path(model).exists():
         src, dst = Path(model).resolve(), out.resolve()
         if dst == src or dst in src.parents or src in dst.parents:

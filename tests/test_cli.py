@@ -115,3 +115,16 @@ def test_main_job_refuses_what_it_cannot_do_before_any_work(tiny_folder, tmp_pat
     assert result.exit_code == 2 and "baseline must be taylor, magnitude or none" in result.output
     result = run("prune", tiny_folder, "--out", tmp_path / "o", "--ratio", "1.5")
     assert result.exit_code == 2 and "ratio must be in [0, 1)" in result.output
+
+
+@pytest.mark.parametrize("command", [["prune"], ["analyze"], ["oneshot"], ["eval", "--tasks", "piqa"]])
+def test_unwritable_output_is_refused_before_any_model_is_loaded(command, monkeypatch):
+    import shear_graph.default_model as default_model
+
+    def never(*args, **kwargs):
+        raise AssertionError("the model was loaded before the output folder was checked")
+
+    monkeypatch.setattr(default_model, "load_model", never)
+    result = run(*command, "--out", "/proc/no/such/out")
+    assert result.exit_code == 2 and "cannot write to /proc/no/such" in result.output
+    assert "choose another --out" in result.output
