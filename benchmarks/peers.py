@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import resource
 import subprocess
@@ -269,7 +270,7 @@ def environment() -> dict:
 
     return {"machine": f"{platform.machine()}, {psutil.cpu_count()} CPU cores, "
                        f"{psutil.virtual_memory().total / 2**30:.0f} GiB RAM, no GPU",
-            "python": platform.python_version(),
+            "python": platform.python_version(), "load_average_at_start": round(os.getloadavg()[0], 2),
             **{p: version(p) for p in ("torch", "transformers", "torch-pruning", "shear-graph")}}
 
 
@@ -284,7 +285,7 @@ def write_report() -> Path:
         lines += ["## Graph cost and time to a pruned model", "",
                   f"Command: `.venv/bin/python benchmarks/peers.py graph` ({g['date']}). {env['machine']}; "
                   f"Python {env['python']}, torch {env['torch']}, transformers {env['transformers']}, "
-                  f"torch-pruning {env['torch-pruning']}, shear-graph {env['shear-graph']}.", "",
+                  f"torch-pruning {env['torch-pruning']}, shear-graph {env['shear-graph']}. {_load_note(g)}", "",
                   "Dependency structure: shear-graph `trace` + `find_groups`; Torch-Pruning "
                   "`DependencyGraph.build_dependency` inside `MetaPruner` (rotary as identity while it traces). "
                   f"Time to a pruned model: from the loaded model to a smaller model with {RATIO:.0%} of the "
@@ -308,6 +309,12 @@ def write_report() -> Path:
     return path
 
 
+def _load_note(part: dict) -> str:
+    note = part.get("note") or ""
+    load = part["environment"].get("load_average_at_start")
+    return (f"Load average when it started: {load}. " if load is not None else "") + note
+
+
 LABELS = {"dense": "dense", "lhspg": "shear-graph LoRAShear (LHSPG)", "baseline": "shear-graph one-shot Taylor",
           "sg_magnitude": "shear-graph one-shot magnitude", "tp_magnitude": "Torch-Pruning magnitude (its LLM example)",
           "llm_pruner_taylor": "LLM-Pruner-style Taylor (Torch-Pruning, layers 4..N-2)"}
@@ -321,6 +328,7 @@ def _quality_section(q: dict) -> list:
     lines = [f"## Quality and speed at {q['ratio']:.0%} of the parameters removed{smoke}", "",
              f"Command: `.venv/bin/python benchmarks/peers.py quality {q['ratio']}{' --smoke' if q['smoke'] else ''}`"
              f" ({q['date']}; {env['machine']}; torch {env['torch']}, torch-pruning {env['torch-pruning']}). "
+             f"{_load_note(q)} "
              f"One `sg.prune` run with the peers beside it: the same evaluation blocks ({q['settings']['n_eval']} "
              f"x {q['settings']['block_len']} tokens per domain, never trained on), the first "
              f"{q['settings']['eval_limit']} items of each zero-shot task, and the same recovery for every method "
