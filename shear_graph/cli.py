@@ -22,6 +22,16 @@ def _fail(message: str) -> None:
     raise typer.Exit(2)
 
 
+def _check_device(device: str) -> None:
+    """Refuse a device this machine cannot use, before any model is loaded."""
+    import torch
+
+    try:
+        torch.empty(0, device=device)
+    except (RuntimeError, AssertionError) as e:
+        _fail(f"device {device!r} is not usable here: {str(e).splitlines()[0]}")
+
+
 def _check_out(out: Path, overwrite: bool, resume: bool | None = None) -> None:
     """Refuse, before any work, an ``out`` that exists (unless told) or cannot be written."""
     import tempfile
@@ -176,9 +186,20 @@ def analyze(
     from shear_graph.data import check_tokenizer
     from shear_graph.default_model import load_model
 
+    from shear_graph.knowledge import check_analysis_settings
+
     _check_out(out, overwrite)
     if dtype not in ("float32", "bfloat16", "float16"):
         _fail(f"--dtype must be float32, bfloat16 or float16, got {dtype}")
+    for name, value in (("--n-eval", n_eval), ("--n-calib", n_calib), ("--block-len", block_len),
+                        ("--batch-size", batch_size)):
+        if value < 1:
+            _fail(f"{name} must be at least 1, got {value}")
+    try:
+        check_analysis_settings(fraction, unprunable_ratio)
+    except sg.ShearGraphError as e:
+        _fail(f"--{str(e).replace('_', '-')}")
+    _check_device(device)
     times = {}
     try:
         t = time.perf_counter()
@@ -272,6 +293,10 @@ def eval_(
 
     if out is not None:
         _check_out(out, overwrite)
+        if out.is_dir():
+            _fail(f"--out {out} is a folder; give the path of the JSON file to write")
+    if tasks is not None and not tasks.strip(", "):
+        _fail("--tasks is empty; name tasks (e.g. --tasks piqa,boolq) or leave it out for every task found")
     try:
         lengths = [int(n) for n in seq_len.split(",") if n.strip()]
     except ValueError:
@@ -289,10 +314,7 @@ def eval_(
         dtype = "bfloat16" if device.startswith("cuda") else "float32"
     if dtype not in dtypes:
         _fail(f"unknown --dtype {dtype!r}; use {', '.join(dtypes)} or auto")
-    try:
-        torch.empty(0, device=device)
-    except (RuntimeError, AssertionError) as e:
-        _fail(f"device {device!r} is not usable here: {str(e).splitlines()[0]}")
+    _check_device(device)
     try:
         chosen = _pairs(tasks.split(","), "task") if tasks else {t: None for t in available(data_dir)}
         if not chosen and not text:
@@ -362,6 +384,10 @@ def prune(
                              lora_rank=lora_rank, device=device, dtype=dtype)
     try:
         settings.check()
+    except sg.ShearGraphError as e:
+        _fail(str(e))
+    _check_device(device)
+    try:
         domains = [sg.domain_from_file(p) for p in domain] or None
         m, tok = (None, None) if model is None else load_model(model)
         if model is not None and tok is None:

@@ -137,6 +137,15 @@ def held_out_loss(model: nn.Module, blocks: torch.Tensor, batch_size: int = 8) -
     return total / count
 
 
+def check_analysis_settings(fraction: float, unprunable_ratio: float) -> None:
+    """Raise :class:`ShearGraphError` unless ``fraction`` is in (0, 1) and
+    ``unprunable_ratio`` in [0, 1] (checked before any work is done)."""
+    if not 0 < fraction < 1:
+        raise ShearGraphError(f"fraction must be in (0, 1), got {fraction}")
+    if not 0 <= unprunable_ratio <= 1:
+        raise ShearGraphError(f"unprunable_ratio must be in [0, 1], got {unprunable_ratio}")
+
+
 def analyze_knowledge(model: nn.Module, groups: list, saliency, eval_blocks: torch.Tensor, fraction: float = 0.25,
                       unprunable_ratio: float = 0.2, batch_size: int = 8, split: dict | None = None) -> KnowledgeMap:
     """Measure how much each group cluster matters.
@@ -169,10 +178,7 @@ def analyze_knowledge(model: nn.Module, groups: list, saliency, eval_blocks: tor
     ShearGraphError
         Bad fraction or ratio, no evaluation blocks, or saliency of another model.
     """
-    if not 0 < fraction < 1:
-        raise ShearGraphError(f"fraction must be in (0, 1), got {fraction}")
-    if not 0 <= unprunable_ratio <= 1:
-        raise ShearGraphError(f"unprunable_ratio must be in [0, 1], got {unprunable_ratio}")
+    check_analysis_settings(fraction, unprunable_ratio)
     if eval_blocks is None or len(eval_blocks) == 0:
         raise ShearGraphError("knowledge analysis needs held-out evaluation blocks")
     if saliency.fingerprint != fingerprint(model):

@@ -24,7 +24,7 @@ from .checkpoint import load_pruned, save_pruned
 from .data import DataError, Domain, check_tokenizer, default_domains, make_blocks
 from .errors import CheckpointError, PlanError, ShearGraphError
 from .groups import find_groups
-from .knowledge import KnowledgeMap, analyze_knowledge, held_out_loss
+from .knowledge import KnowledgeMap, analyze_knowledge, check_analysis_settings, held_out_loss
 from .plan import PrunePlan, atomic_write_text, check_ratio, check_reachable, count_params, plan_by_saliency
 from .prune import apply_plan
 from .saliency import compute_saliency
@@ -85,6 +85,9 @@ class PruneSettings:
                 raise ShearGraphError(f"{name} must be at least 0, got {getattr(self, name)}")
         if self.dtype not in ("float32", "bfloat16", "float16"):
             raise ShearGraphError(f"dtype must be float32, bfloat16 or float16, got {self.dtype}")
+        if self.eval_limit is not None and self.eval_limit < 1:
+            raise ShearGraphError(f"eval_limit must be at least 1 (or None for every item), got {self.eval_limit}")
+        check_analysis_settings(self.fraction, self.unprunable_ratio)
 
 
 @dataclass

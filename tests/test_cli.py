@@ -128,3 +128,39 @@ def test_unwritable_output_is_refused_before_any_model_is_loaded(command, monkey
     result = run(*command, "--out", "/proc/no/such/out")
     assert result.exit_code == 2 and "cannot write to /proc/no/such" in result.output
     assert "choose another --out" in result.output
+
+
+@pytest.mark.parametrize("args, message", [
+    (["analyze", "--fraction", "1.5"], "--fraction must be in (0, 1), got 1.5"),
+    (["analyze", "--unprunable-ratio", "2"], "--unprunable-ratio must be in [0, 1], got 2.0"),
+    (["analyze", "--n-eval", "0"], "--n-eval must be at least 1, got 0"),
+    (["prune", "--eval-limit", "0"], "eval_limit must be at least 1"),
+    (["eval", "--tasks", ""], "--tasks is empty"),
+    (["eval", "--tasks", " , "], "--tasks is empty"),
+])
+def test_bad_settings_are_refused_before_any_model_is_loaded(args, message, tmp_path, monkeypatch):
+    import shear_graph.default_model as default_model
+
+    def never(*a, **kw):
+        raise AssertionError("the model was loaded before the settings were checked")
+
+    monkeypatch.setattr(default_model, "load_model", never)
+    monkeypatch.setattr(default_model, "load_default_model", never)
+    out = tmp_path / ("r.json" if args[0] == "eval" else "out")
+    result = run(*args, "--out", out)
+    assert result.exit_code == 2 and message in result.output, result.output
+
+
+def test_eval_output_that_is_a_folder_is_refused(tmp_path):
+    result = run("eval", "--tasks", "piqa", "--out", tmp_path, "--overwrite")
+    assert result.exit_code == 2 and "is a folder; give the path of the JSON file" in result.output
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="needs a machine without CUDA")
+@pytest.mark.parametrize("command", ["prune", "analyze", "eval"])
+def test_unusable_device_is_a_clear_error(command, tmp_path, monkeypatch):
+    import shear_graph.default_model as default_model
+
+    monkeypatch.setattr(default_model, "load_model", lambda *a, **kw: (_ for _ in ()).throw(AssertionError("loaded")))
+    result = run(command, "--device", "cuda", "--out", tmp_path / ("r.json" if command == "eval" else "out"))
+    assert result.exit_code == 2 and "device 'cuda' is not usable here" in result.output, result.output
