@@ -208,7 +208,7 @@ def part_quality(ratio: float, smoke: bool = False) -> dict:
     model, tok = load_default_model(n_layers=8 if smoke else None)
     out = HERE / "work" / f"quality_{ratio}{'_smoke' if smoke else ''}"
     result = sg.prune(model, tok, out=out, settings=settings, resume=out.exists(), peers=PEERS,
-                      eval_domains=eval_domains, report=write_prune_report)
+                      eval_domains=eval_domains, report=write_prune_report, keep_work=True)
     return {"ratio": ratio, "smoke": smoke, "settings": result.settings, "stages": result.stages,
             "seconds": result.seconds, "report": str(out / "report.html")}
 
@@ -304,9 +304,30 @@ def write_report() -> Path:
     for name, q in parts.items():
         if name.startswith("quality_"):
             lines += _quality_section(q)
+    if "gpu_check" in parts:
+        lines += _gpu_section(parts["gpu_check"])
     path = HERE / "RESULTS.md"
     path.write_text("\n".join(lines))
     return path
+
+
+def _gpu_section(g: dict) -> list:
+    """The GPU path at size (``benchmarks/gpu_check.py``, run on a lent GPU machine)."""
+    one, main = g["1b"], g["main"]
+    stages = ", ".join(f"{k} {v:.0f} s" for k, v in main["stages_s"].items() if v >= 1)
+    return ["## On one GPU (bf16, random weights)", "",
+            f"Command: `{g['command']}` ({g['date']}; {g['gpu']}, torch {g['torch']}). Weights are random: the "
+            "default model's weights do not travel to the GPU machine, and times do not depend on their values.", "",
+            f"- The main job (`sg.prune`, default settings, zero-shot tasks off) on a model of SmolLM2-135M's shape: "
+            f"{main['total_s']:.0f} s in all ({stages}).",
+            f"- A 1.1B Llama (TinyLlama's shape, GQA 32/4): trace + removal groups {one['trace_groups_s']:.1f} s; "
+            f"Taylor saliency on 16 x 512 tokens {one['taylor_saliency_16x512_s']:.1f} s; a 20 % plan "
+            f"{one['plan_s']:.1f} s; physical pruning {one['apply_s']:.2f} s; LHSPG {one['lhspg_steps']} steps "
+            f"{one['lhspg_10_steps_4x512_s']:.0f} s (its per-period saliency passes included) and LoRA recovery "
+            f"{one['recovery_10_steps_4x512_s'] / 10:.2f} s/step at 4 x 512 tokens; peak GPU memory "
+            f"{one['peak_gpu_gb']:.1f} GB. Forward tokens/s at 1 x 512: dense {one['tokens_per_s_1x512']['dense']}, "
+            f"20 % pruned {one['tokens_per_s_1x512']['pruned']} (at batch 1 the GPU is bound by kernel launches, "
+            "not by the widths).", ""]
 
 
 def _load_note(part: dict) -> str:

@@ -1,6 +1,8 @@
 """LoRA adaptors for training: which linear layers get one, and adding them."""
 from __future__ import annotations
 
+import warnings
+
 from torch import nn
 
 from .errors import ShearGraphError
@@ -43,4 +45,6 @@ def add_lora(model: nn.Module, rank: int = 8, alpha: float = 16, target_modules=
     targets = target_modules or lora_targets(model)
     config = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=0.0,
                         target_modules=targets if isinstance(targets, str) else list(targets))
-    return get_peft_model(model, config)
+    with warnings.catch_warnings():  # peft reads transformers' deprecated alias; the user can do nothing about it
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        return get_peft_model(model, config)

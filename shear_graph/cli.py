@@ -22,6 +22,22 @@ def _fail(message: str) -> None:
     raise typer.Exit(2)
 
 
+# PruneSettings fields the prune command sets, named as its flags in messages
+PRUNE_FLAGS = {"ratio": "--ratio", "baseline": "--baseline", "eval_limit": "--eval-limit", "eval_tasks": "--tasks",
+               "n_periods": "--n-periods", "period_steps": "--period-steps", "recovery_steps": "--recovery-steps",
+               "lora_rank": "--lora-rank", "dtype": "--dtype", "data_dir": "--data-dir", "resume=True": "--resume",
+               "overwrite=True": "--overwrite"}
+
+
+def _as_flags(message: str, flags: dict) -> str:
+    """``message`` with Python setting names replaced by the command's flags."""
+    import re
+
+    named = re.sub(r"(?<![\w-])(" + "|".join(re.escape(k) for k in sorted(flags, key=len, reverse=True))
+                   + r")(?![\w-])", lambda m: flags[m.group(1)], message)
+    return re.sub(r"(--[\w-]+) \((\1[^)]*)\)", r"\2", named)  # "--ratio (--ratio)" -> "--ratio"
+
+
 def _check_device(device: str) -> None:
     """Refuse a device this machine cannot use, before any model is loaded."""
     import torch
@@ -71,7 +87,7 @@ def _other_dims(model, s) -> int:
 @app.command()
 def oneshot(
     model: Optional[str] = typer.Argument(None, help="Local model folder; default: the embedded SmolLM2-135M"),
-    ratio: float = typer.Option(0.2, help="Fraction of total parameters to remove, in [0, 1)"),
+    ratio: float = typer.Option(0.2, help="Fraction of total parameters to remove, above 0 and below 1"),
     out: Path = typer.Option(Path("out/oneshot"), help="Output folder for the pruned model, plan.json, summary.json"),
     kinds: str = typer.Option("ffn,attention_head", help="Group kinds to prune, comma-separated "
                                                           "(attention_head, ffn, hidden)"),
@@ -101,6 +117,8 @@ def oneshot(
         check_ratio(ratio)
     except sg.PlanError as e:
         _fail(str(e))
+    if ratio <= 0:
+        _fail(f"--ratio must be above 0 (the share of parameters to remove), got {ratio}")
     times = {}
     steps = tqdm(total=6, desc="shear-graph oneshot", unit="step")
     try:
@@ -348,7 +366,7 @@ def main() -> None:  # pragma: no cover
 @app.command()
 def prune(
     model: Optional[str] = typer.Argument(None, help="Local model folder; default: the embedded SmolLM2-135M"),
-    ratio: float = typer.Option(0.2, help="Fraction of total parameters to remove, in [0, 1)"),
+    ratio: float = typer.Option(0.2, help="Fraction of total parameters to remove, above 0 and below 1"),
     out: Path = typer.Option(Path("out/pruned"), help="Output folder: model/, plan.json, knowledge.json, "
                                                        "results.json, report.html"),
     baseline: str = typer.Option("taylor", help="One-shot baseline pruned to the same size and recovered on the "
@@ -356,7 +374,9 @@ def prune(
     domain: list[Path] = typer.Option([], help="A training text (.txt/.jsonl) domain; repeat for several. "
                                                  "Default: Python docs and standard-library code"),
     data_dir: Optional[Path] = typer.Option(None, help="Zero-shot task folder (default $SHEAR_GRAPH_EVAL_DATA); "
-                                                        "without one, zero-shot tasks are skipped"),
+                                                        "without one, zero-shot tasks are skipped with a note"),
+    tasks: str = typer.Option(",".join(DEFAULTS.eval_tasks), help="Zero-shot tasks to evaluate, comma-separated; "
+                                                                  "none for no zero-shot evaluation"),
     eval_limit: int = typer.Option(DEFAULTS.eval_limit, help="Items per zero-shot task"),
     n_periods: int = typer.Option(DEFAULTS.n_periods, help="LHSPG pruning periods"),
     period_steps: int = typer.Option(DEFAULTS.period_steps, help="Steps per LHSPG period"),
@@ -366,6 +386,8 @@ def prune(
     dtype: str = typer.Option("float32", help="float32, bfloat16 or float16 (bf16 on GPU)"),
     overwrite: bool = typer.Option(False, help="Replace OUT if it exists"),
     resume: bool = typer.Option(False, help="Continue the run in OUT from its last finished stage"),
+    keep_work: bool = typer.Option(False, help="Keep OUT/.work (every intermediate model, ~1.7 GB for the "
+                                               "default model) after the run; removed by default"),
 ):
     """The main job: knowledge analysis, LHSPG progressive pruning, physical
     pruning, dynamic recovery and evaluation, next to a one-shot baseline;
@@ -379,13 +401,16 @@ def prune(
         src, dst = Path(model).resolve(), out.resolve()
         if dst == src or dst in src.parents or src in dst.parents:
             _fail(f"--out {out} overlaps the input model folder {model}; write the pruned model elsewhere")
+    chosen = () if tasks.strip().lower() == "none" else tuple(t.strip() for t in tasks.split(",") if t.strip())
+    if not chosen:
+        _fail("--tasks is empty; name tasks (e.g. --tasks piqa,boolq) or none for no zero-shot evaluation")
     settings = PruneSettings(ratio=ratio, baseline=None if baseline == "none" else baseline, eval_limit=eval_limit,
                              n_periods=n_periods, period_steps=period_steps, recovery_steps=recovery_steps,
-                             lora_rank=lora_rank, device=device, dtype=dtype)
+                             lora_rank=lora_rank, device=device, dtype=dtype, eval_tasks=chosen)
     try:
         settings.check()
     except sg.ShearGraphError as e:
-        _fail(str(e))
+        _fail(_as_flags(str(e), PRUNE_FLAGS))
     _check_device(device)
     try:
         domains = [sg.domain_from_file(p) for p in domain] or None
@@ -395,9 +420,14 @@ def prune(
         from viz.prune_report import write_prune_report
 
         result = run_prune(m, tok, out=out, settings=settings, domains=domains, data_dir=data_dir,
-                           overwrite=overwrite, resume=resume, report=write_prune_report)
+                           overwrite=overwrite, resume=resume, report=write_prune_report, keep_work=keep_work)
     except sg.ShearGraphError as e:
-        _fail(str(e).splitlines()[0])
+        _fail(_as_flags(str(e).splitlines()[0], PRUNE_FLAGS))
+    except KeyboardInterrupt:
+        if (out / ".work").is_dir():
+            typer.secho(f"\ninterrupted: the finished stages are kept in {out / '.work'}; continue with the same "
+                        "command and --resume", fg=typer.colors.YELLOW, err=True)
+        raise typer.Exit(130)
     for name, row in result.stages.items():
         ppl = ", ".join(f"{d} {v:.2f}" for d, v in row["perplexity"].items())
         extra = f"; zero-shot avg {row['zero_shot_average']:.3f}" if "zero_shot_average" in row else ""

@@ -115,6 +115,9 @@ def load_model(name_or_path: str | None, dtype: torch.dtype = torch.float32):
     if name_or_path in (None, DEFAULT_MODEL):
         return load_default_model(dtype)
     path = Path(name_or_path)
+    if not path.exists():
+        raise ShearGraphError(f"{name_or_path} does not exist. Give a local Hugging Face model folder or "
+                              f"'{DEFAULT_MODEL}' (no hub downloads happen here).")
     if not (path / "config.json").is_file():
         raise ShearGraphError(
             f"{name_or_path} is not a model folder (no config.json). Give a local Hugging Face "

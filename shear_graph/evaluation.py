@@ -96,7 +96,8 @@ class EvalReport:
         lines = [f"{'task':<16} {'metric':<11} {'value':>9} {'stderr':>8} {'n':>8} {'seq_len':>7} {'seconds':>8}"]
         for r in self.results:
             err = f"{r.stderr:.4f}" if r.stderr is not None else "-"
-            lines.append(f"{r.task:<16} {r.metric:<11} {r.value:>9.4f} {err:>8} {r.n:>8} {r.seq_len:>7} "
+            window = r.seq_len if r.metric == "perplexity" else "-"  # zero-shot: only a truncation bound
+            lines.append(f"{r.task:<16} {r.metric:<11} {r.value:>9.4f} {err:>8} {r.n:>8} {window:>7} "
                          f"{r.seconds:>8.1f}")
         avg = self.average()
         if avg:

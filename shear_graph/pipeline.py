@@ -22,16 +22,22 @@ from torch import nn
 
 from .checkpoint import load_pruned, save_pruned
 from .data import DataError, Domain, check_tokenizer, default_domains, make_blocks
-from .errors import CheckpointError, PlanError, ShearGraphError
+from .errors import CheckpointError, EvalDataError, PlanError, ShearGraphError
 from .groups import find_groups
 from .knowledge import KnowledgeMap, analyze_knowledge, check_analysis_settings, held_out_loss
 from .plan import PrunePlan, atomic_write_text, check_ratio, check_reachable, count_params, plan_by_saliency
 from .prune import apply_plan
 from .saliency import compute_saliency
+from .tasks import DATA_ENV, TASKS, TEXTS
 from .trace import trace
 
 OUT_OF_DOMAIN = Path("/usr/share/dictd/devil.dict.dz")  # Debian's dict-devil: Bierce's Devil's Dictionary
 ZERO_SHOT = ("boolq", "piqa", "hellaswag", "arc_easy")
+
+
+def known_tasks() -> list:
+    """Names :attr:`PruneSettings.eval_tasks` may hold: the zero-shot tasks and ``wikitext2``."""
+    return sorted(TASKS) + sorted(TEXTS)
 
 
 @dataclass
@@ -74,6 +80,11 @@ class PruneSettings:
         """Raise :class:`ShearGraphError` (or :class:`PlanError` for the ratio)
         naming the first bad setting."""
         check_ratio(self.ratio)
+        if self.ratio <= 0:
+            raise ShearGraphError(f"ratio must be above 0 (the share of parameters to remove), got {self.ratio}")
+        unknown = [t for t in self.eval_tasks if t not in known_tasks()]
+        if unknown:
+            raise ShearGraphError(f"unknown eval_tasks {unknown}; known: {', '.join(known_tasks())}")
         if self.baseline not in (None, "taylor", "magnitude"):
             raise ShearGraphError(f"baseline must be taylor, magnitude or none, got {self.baseline!r}")
         for name in ("n_eval", "n_probe", "n_train", "n_periods", "period_steps", "batch_size", "lora_rank",
@@ -114,6 +125,8 @@ class PruneResult:
         Wall time per stage.
     split : dict
         Which blocks of which domain were used for what.
+    notes : list of str
+        What the run skipped and why (e.g. zero-shot tasks without a task folder).
     """
 
     out: Path
@@ -124,6 +137,7 @@ class PruneResult:
     recovery: dict = field(default_factory=dict)
     seconds: dict = field(default_factory=dict)
     split: dict = field(default_factory=dict)
+    notes: list = field(default_factory=list)
 
     def to_json(self) -> str:
         d = asdict(self)
@@ -205,6 +219,46 @@ def calibration_sample(blocks: dict, n: int) -> torch.Tensor:
     return torch.cat([b[:per] for b in blocks.values()])[:max(n, len(blocks))]
 
 
+def zero_shot_sources(tasks, data_dir=None) -> tuple:
+    """The task folder and tasks the main job evaluates, checked before any work.
+
+    Returns
+    -------
+    (Path or None, list of str, str or None)
+        The folder, the tasks, and a note when zero-shot evaluation is skipped
+        because no folder is set at all (neither ``data_dir`` nor
+        ``$SHEAR_GRAPH_EVAL_DATA``).
+
+    Raises
+    ------
+    EvalDataError
+        A folder was named (argument or environment) but does not exist, or
+        lacks a file of one of ``tasks`` (all missing ones are named).
+    """
+    import os
+
+    from .evaluation import resolve_sources
+    from .tasks import data_dir as find_data_dir
+
+    tasks = list(tasks)
+    if not tasks:
+        return None, [], None
+    if data_dir is None and not os.environ.get(DATA_ENV):
+        return None, [], (f"zero-shot tasks ({', '.join(tasks)}) skipped: no task folder; pass data_dir "
+                          f"(--data-dir DIR) or set {DATA_ENV} (README: Evaluation data)")
+    folder = find_data_dir(data_dir)
+    missing = []
+    for t in tasks:
+        try:
+            resolve_sources([t], data_dir=folder)
+        except EvalDataError as e:
+            missing.append(str(e))
+    if missing:
+        raise EvalDataError(f"the task folder {folder} lacks files of {len(missing)} task(s): {'; '.join(missing)}. "
+                            "Add them, or evaluate fewer tasks (--tasks, PruneSettings.eval_tasks; none: --tasks none)")
+    return folder, tasks, None
+
+
 def _evaluate(model, tokenizer, eval_blocks: dict, settings: PruneSettings, tasks, data_dir, exclude) -> dict:
     from .evaluation import evaluate
 
@@ -230,7 +284,7 @@ def _evaluate(model, tokenizer, eval_blocks: dict, settings: PruneSettings, task
 def prune(model: nn.Module | None = None, tokenizer=None, *, out, settings: PruneSettings | None = None,
           domains: list | None = None, data_dir=None, overwrite: bool = False, resume: bool = False,
           report=None, progress: bool = True, peers: dict | None = None,
-          eval_domains: list | None = None) -> PruneResult:
+          eval_domains: list | None = None, keep_work: bool = False) -> PruneResult:
     """Prune ``settings.ratio`` of ``model``'s parameters the LoRAShear way and recover.
 
     Stages: data split (evaluation blocks, probe blocks, training blocks per
@@ -260,10 +314,17 @@ def prune(model: nn.Module | None = None, tokenizer=None, *, out, settings: Prun
         on); default the Devil's Dictionary when installed, ``[]`` for none.
     data_dir : path, optional
         Zero-shot task folder (:mod:`shear_graph.tasks`; default
-        ``$SHEAR_GRAPH_EVAL_DATA``); without one, zero-shot tasks are skipped.
+        ``$SHEAR_GRAPH_EVAL_DATA``). With neither, zero-shot tasks are skipped
+        and ``notes`` says so; a named folder that is missing or lacks a task's
+        file is refused before any work.
     overwrite, resume : bool
         ``out`` existing is refused unless one is given: ``overwrite`` starts
-        afresh, ``resume`` continues from ``out/.work``.
+        afresh, ``resume`` continues from ``out/.work`` (refused when there is
+        no unfinished run there).
+    keep_work : bool
+        Keep ``out/.work`` (the stage cache: every intermediate model, about
+        1.7 GB for SmolLM2-135M) after a finished run; by default it is
+        removed once ``results.json`` is written.
     report : callable, optional
         ``report(result)`` writes the HTML report (``viz.prune_report.write_prune_report``;
         the core never imports viz).
@@ -283,7 +344,8 @@ def prune(model: nn.Module | None = None, tokenizer=None, *, out, settings: Prun
     Raises
     ------
     ShearGraphError
-        ``out`` exists (without ``overwrite``/``resume``), a bad setting, a ratio
+        ``out`` exists (without ``overwrite``/``resume``), ``resume`` with no
+        unfinished run in ``out``, a missing zero-shot task file, a bad setting, a ratio
         not reachable once unprunable clusters are excluded (:class:`PlanError`
         with the largest reachable ratio), a NaN/inf loss (:class:`TrainingError`
         naming the step; resume continues from the last good state).
@@ -291,7 +353,7 @@ def prune(model: nn.Module | None = None, tokenizer=None, *, out, settings: Prun
     from .default_model import load_default_model
     from .progressive import lhspg_prune
     from .recovery import recover
-    from .tasks import data_dir as find_data_dir
+    from tqdm.auto import tqdm
 
     settings = settings or PruneSettings()
     settings.check()
@@ -299,15 +361,29 @@ def prune(model: nn.Module | None = None, tokenizer=None, *, out, settings: Prun
     if out.exists() and not (overwrite or resume):
         raise ShearGraphError(f"{out} exists; pass overwrite=True (--overwrite) to replace it "
                               "or resume=True (--resume) to continue the run in it")
+    if resume and not (out / ".work" / "settings.json").is_file():
+        done = (out / "results.json").is_file()
+        raise ShearGraphError(f"nothing to resume in {out}: " + (
+            "its run is complete (results.json); pass overwrite=True (--overwrite) to run it again" if done else
+            "no unfinished run there (no .work folder); start one without resume (--resume)"))
+    data, tasks, skipped = zero_shot_sources(settings.eval_tasks, data_dir)
+    notes = [skipped] if skipped else []
     if out.exists() and overwrite and not resume:
         shutil.rmtree(out)
     work = _Work(out)
+    recorded = {**_settings_dict(settings), "eval_data_dir": str(data.resolve()) if data else None}
     saved = work.json("settings")
-    if resume and saved is not None and saved != _settings_dict(settings):
-        changed = sorted(k for k in saved if saved[k] != _settings_dict(settings).get(k))
+    changed = sorted(k for k in recorded if resume and k in saved and saved[k] != recorded[k])  # older runs lack keys
+    if changed:
         raise ShearGraphError(f"--resume with different settings ({', '.join(changed)}); use the same settings "
                               "or --overwrite")
-    work.put_json("settings", _settings_dict(settings))
+    say = tqdm.write if progress else (lambda message: None)
+    for note in notes:
+        say(f"note: {note}")
+    if resume:
+        finished = list(work.json("stages") or {}) + [s for s in ("knowledge", "lhspg") if work.json(s)]
+        say(f"resuming {out}: kept from the last run: {', '.join(finished) or 'nothing finished yet'}")
+    work.put_json("settings", recorded)
     device, dtype = torch.device(settings.device), getattr(torch, settings.dtype)
     if model is None:
         model, tokenizer = load_default_model(dtype=dtype)
@@ -338,15 +414,11 @@ def prune(model: nn.Module | None = None, tokenizer=None, *, out, settings: Prun
     for extra in eval_domains:
         extra_blocks = make_blocks(tokenizer, [extra], settings.block_len, settings.n_eval, 1, settings.seed)
         eval_blocks[extra.name] = extra_blocks.eval[extra.name]
-        split["domains"][extra.name] = {**extra_blocks.split.domains[extra.name], "use": "evaluation only"}
+        split["domains"][extra.name] = {**extra_blocks.split.domains[extra.name], "calib_blocks": [],
+                                        "use": "evaluation only"}
     probe, train = _split_calib(blocks, settings.n_probe, settings.n_train)
     train_all = torch.cat(list(train.values()))
     calib = calibration_sample(train, 8 * settings.batch_size)
-    try:
-        data = find_data_dir(data_dir)
-        tasks = list(settings.eval_tasks)
-    except ShearGraphError:
-        data, tasks = None, []
     exclude = [d.name for d in domains]
     stages = work.json("stages") or {}
 
@@ -436,8 +508,8 @@ def prune(model: nn.Module | None = None, tokenizer=None, *, out, settings: Prun
         stage_eval(f"{name}_pruned", peer)
         stage_eval(f"{name}_recovered", run_recovery(name, peer) if settings.recovery_steps else peer)
 
-    result = PruneResult(out, _settings_dict(settings), stages, json.loads(km.to_json()), work.json("lhspg") or {},
-                         recovery, seconds, split)
+    result = PruneResult(out, recorded, stages, json.loads(km.to_json()), work.json("lhspg") or {},
+                         recovery, seconds, split, notes)
     try:
         save_pruned(final, out / "model", tokenizer=tokenizer, overwrite=True)
         plan.save(out / "plan.json")
@@ -448,6 +520,8 @@ def prune(model: nn.Module | None = None, tokenizer=None, *, out, settings: Prun
     except OSError as e:
         raise CheckpointError(f"writing the results into {out} failed ({e.strerror or e}); nothing half-written "
                               "is left in place: free space and rerun with --resume (resume=True)") from e
+    if not keep_work:
+        shutil.rmtree(work.dir, ignore_errors=True)
     return result
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 import hashlib
 import inspect
 import json
+import operator
 from dataclasses import dataclass, field
 from functools import cached_property
 
@@ -118,6 +119,64 @@ def example_inputs(model: torch.nn.Module, batch: int = 2, seq_len: int = 7) -> 
     return kwargs
 
 
+# torch.export wraps code run under another grad mode or autocast state in a
+# submodule called through these higher-order ops; transformers' rotary
+# embeddings (before 5.2x) run under no_grad and autocast(enabled=False).
+MODE_REGIONS = ("wrap_with_set_grad_enabled", "wrap_with_autocast")
+
+
+def inline_mode_regions(gm: torch.fx.GraphModule) -> int:
+    """Splice the bodies of grad-mode and autocast regions into ``gm``'s graph, in place.
+
+    Such a region changes no shape or channel, so the graph with its body
+    inlined couples the same dimensions; without this every op inside would be
+    hidden behind one opaque call. Nested regions are inlined too.
+
+    Returns
+    -------
+    int
+        The number of regions inlined.
+    """
+    graph, count = gm.graph, 0
+    while True:
+        node = next((n for n in graph.nodes if n.op == "call_function"
+                     and getattr(n.target, "__name__", "") in MODE_REGIONS), None)
+        if node is None:
+            return count
+        at = next(k for k, a in enumerate(node.args) if isinstance(a, torch.fx.Node) and a.op == "get_attr")
+        body = getattr(gm, node.args[at].target)
+        placeholders = [b for b in body.graph.nodes if b.op == "placeholder"]
+        env = dict(zip(placeholders, node.args[at + 1:]))
+        results = None
+        with graph.inserting_before(node):
+            for b in body.graph.nodes:
+                if b.op == "placeholder":
+                    continue
+                if b.op == "output":
+                    results = torch.fx.node.map_arg(b.args[0], env.__getitem__)
+                    break
+                if b.op == "get_attr":  # a nested region's body lives on ``body``: move it to ``gm``
+                    name = b.target
+                    while hasattr(gm, name):
+                        name += "_"
+                    setattr(gm, name, getattr(body, b.target))
+                    env[b] = graph.get_attr(name)
+                    env[b].meta = dict(b.meta)
+                else:
+                    env[b] = graph.node_copy(b, env.__getitem__)
+        for user in list(node.users):
+            if user.op == "call_function" and user.target is operator.getitem:
+                user.replace_all_uses_with(results[user.args[1]])
+                graph.erase_node(user)
+        if node.users:
+            node.replace_all_uses_with(results)
+        holder = node.args[at]
+        graph.erase_node(node)
+        if not holder.users:
+            graph.erase_node(holder)
+        count += 1
+
+
 def trace(model_or_config, *, batch: int = 2, seq_len: int = 7) -> ShearGraph:
     """Export a model to a :class:`ShearGraph`.
 
@@ -173,6 +232,7 @@ def trace(model_or_config, *, batch: int = 2, seq_len: int = 7) -> ShearGraph:
         ) from e
     finally:
         model.train(was_training)
+    inline_mode_regions(program.graph_module)
 
     names: dict = {}
     for name, p in model.named_parameters(remove_duplicate=False):

@@ -1,6 +1,9 @@
 """Tiny seeded configs of real transformers classes, one per supported family."""
 from __future__ import annotations
 
+import sysconfig
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -8,6 +11,9 @@ from transformers import (
     AutoModelForCausalLM, BertConfig, BertForMaskedLM, GemmaConfig, GPT2Config, LlamaConfig,
     MistralConfig, OPTConfig, Phi3Config, Qwen2Config,
 )
+
+from shear_graph.data import Domain
+from shear_graph.pipeline import PruneSettings
 
 VOCAB = 128
 # initializer_range 0.1 keeps activations well above the norm eps, so fp32
@@ -99,3 +105,22 @@ def char_tokenizer():
 def random_blocks(n: int = 6, block_len: int = 16, seed: int = 3):
     g = torch.Generator().manual_seed(seed)
     return torch.randint(0, VOCAB, (n, block_len), generator=g)
+
+
+def tiny_domains():
+    """Two small real text domains: pydoc topics and textwrap.py."""
+    from pydoc_data.topics import topics
+
+    stdlib = Path(sysconfig.get_paths()["stdlib"])
+    docs = "\n\n".join(topics[k] for k in sorted(topics))[:20_000]
+    code = (stdlib / "textwrap.py").read_text()[:20_000]
+    return [Domain("docs", [docs], "pydoc"), Domain("code", [code], "textwrap.py")]
+
+
+def tiny_job_settings(**kw):
+    """Main-job settings that run in seconds on a tiny model."""
+    base = dict(ratio=0.2, block_len=32, n_eval=2, n_probe=2, n_train=12, warmup_steps=1, n_periods=2,
+                period_steps=2, final_steps=1, recovery_steps=3, update_every=2, batch_size=2, lora_rank=4,
+                eval_tasks=(), eval_limit=None)
+    base.update(kw)
+    return PruneSettings(**base)

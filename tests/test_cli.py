@@ -44,7 +44,10 @@ def test_output_overlapping_the_input_is_refused(tiny_folder):
 def test_missing_model_folder_is_a_clear_error(tmp_path):
     result = run("oneshot", tmp_path / "nope", "--out", tmp_path / "o")
     assert result.exit_code == 2
-    assert "is not a model folder (no config.json)" in result.output
+    assert f"{tmp_path / 'nope'} does not exist" in result.output
+    (tmp_path / "empty").mkdir()
+    result = run("oneshot", tmp_path / "empty", "--out", tmp_path / "o")
+    assert result.exit_code == 2 and "is not a model folder (no config.json)" in result.output
 
 
 def test_garbage_config_is_a_clear_error(tmp_path):
@@ -134,7 +137,14 @@ def test_unwritable_output_is_refused_before_any_model_is_loaded(command, monkey
     (["analyze", "--fraction", "1.5"], "--fraction must be in (0, 1), got 1.5"),
     (["analyze", "--unprunable-ratio", "2"], "--unprunable-ratio must be in [0, 1], got 2.0"),
     (["analyze", "--n-eval", "0"], "--n-eval must be at least 1, got 0"),
-    (["prune", "--eval-limit", "0"], "eval_limit must be at least 1"),
+    (["prune", "--eval-limit", "0"], "--eval-limit must be at least 1"),
+    (["prune", "--lora-rank", "0"], "--lora-rank must be at least 1, got 0"),
+    (["prune", "--ratio", "0"], "--ratio must be above 0"),
+    (["oneshot", "--ratio", "0"], "--ratio must be above 0"),
+    (["prune", "--tasks", "piqa,nope"], "unknown --tasks ['nope']"),
+    (["prune", "--tasks", " "], "--tasks is empty"),
+    (["prune", "--data-dir", "/no/such/folder"], "evaluation data folder /no/such/folder does not exist"),
+    (["prune", "--resume"], "no unfinished run there"),
     (["eval", "--tasks", ""], "--tasks is empty"),
     (["eval", "--tasks", " , "], "--tasks is empty"),
 ])
@@ -164,3 +174,29 @@ def test_unusable_device_is_a_clear_error(command, tmp_path, monkeypatch):
     monkeypatch.setattr(default_model, "load_model", lambda *a, **kw: (_ for _ in ()).throw(AssertionError("loaded")))
     result = run(command, "--device", "cuda", "--out", tmp_path / ("r.json" if command == "eval" else "out"))
     assert result.exit_code == 2 and "device 'cuda' is not usable here" in result.output, result.output
+
+
+def test_prune_refuses_a_task_folder_that_lacks_tasks_before_any_work(tmp_path, monkeypatch):
+    import shear_graph.default_model as default_model
+    from shear_graph.tasks import TASKS
+
+    monkeypatch.setattr(default_model, "load_default_model", lambda *a, **kw: (_ for _ in ()).throw(
+        AssertionError("the model was loaded before the task folder was checked")))
+    piqa = tmp_path / "data" / TASKS["piqa"].path
+    piqa.parent.mkdir(parents=True)
+    piqa.write_text("")
+    result = run("prune", "--data-dir", tmp_path / "data", "--out", tmp_path / "out")
+    assert result.exit_code == 2 and "lacks files of 3 task(s): boolq" in result.output, result.output
+    assert "--tasks" in result.output and not (tmp_path / "out").exists()
+
+
+def test_interrupted_prune_says_how_to_resume(tmp_path, monkeypatch):
+    import shear_graph.pipeline as pipeline
+
+    def interrupted(*args, out, **kwargs):
+        (out / ".work").mkdir(parents=True)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(pipeline, "prune", interrupted)
+    result = run("prune", "--out", tmp_path / "out")
+    assert result.exit_code == 130 and "continue with the same command and --resume" in result.output

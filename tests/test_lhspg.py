@@ -178,3 +178,14 @@ def test_killed_run_resumes_to_the_same_plan(trained, tmp_path, monkeypatch):
 def test_bad_blocks_are_refused(trained):
     with pytest.raises(ShearGraphError, match="int64 tensor"):
         lhspg_prune(trained, torch.zeros(4, 8), 0.2, progress=False)
+
+
+def test_adding_lora_shows_the_user_no_deprecation_noise():
+    """peft reads transformers' deprecated ``is_gradient_checkpointing``; the
+    FutureWarning it raised filled the prune command's output."""
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        add_lora(build("llama"), rank=4)
+    assert not [w for w in caught if issubclass(w.category, FutureWarning)], [str(w.message) for w in caught]

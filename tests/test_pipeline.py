@@ -2,35 +2,18 @@
 from __future__ import annotations
 
 import json
-import sysconfig
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import build, char_tokenizer
+from conftest import build, char_tokenizer, tiny_domains
+from conftest import tiny_job_settings as settings
 
 import shear_graph as sg
 from shear_graph.data import Domain
 from shear_graph.errors import PlanError, ShearGraphError
 from shear_graph.pipeline import OUT_OF_DOMAIN, PruneResult, PruneSettings, prune
 from viz.prune_report import write_prune_report
-
-
-def tiny_domains():
-    stdlib = Path(sysconfig.get_paths()["stdlib"])
-    from pydoc_data.topics import topics
-
-    docs = "\n\n".join(topics[k] for k in sorted(topics))[:20_000]
-    code = (stdlib / "textwrap.py").read_text()[:20_000]
-    return [Domain("docs", [docs], "pydoc"), Domain("code", [code], "textwrap.py")]
-
-
-def settings(**kw):
-    base = dict(ratio=0.2, block_len=32, n_eval=2, n_probe=2, n_train=12, warmup_steps=1, n_periods=2,
-                period_steps=2, final_steps=1, recovery_steps=3, update_every=2, batch_size=2, lora_rank=4,
-                eval_tasks=(), eval_limit=None)
-    base.update(kw)
-    return PruneSettings(**base)
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +28,7 @@ def finished(tiny, tmp_path_factory):
     before = {k: v.clone() for k, v in model.state_dict().items()}
     out = tmp_path_factory.mktemp("job") / "out"
     result = prune(model, tok, out=out, settings=settings(), domains=tiny_domains(), report=write_prune_report,
-                   progress=False)
+                   progress=False, keep_work=True)
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # input untouched
     return result
 
@@ -137,6 +120,36 @@ def test_killed_run_resumes_to_the_same_plan(tiny, finished, tmp_path, monkeypat
     assert (sg.PrunePlan.load(out / "plan.json").removed_indices()
             == sg.PrunePlan.load(finished.out / "plan.json").removed_indices())
     assert resumed.stages["lhspg_pruned"]["params"] == finished.stages["lhspg_pruned"]["params"]
+    assert not (out / ".work").exists()  # the stage cache goes once the run is complete
+    with pytest.raises(ShearGraphError, match="its run is complete"):
+        prune(*tiny, out=out, settings=settings(), domains=tiny_domains(), resume=True, progress=False)
+
+
+def test_resume_without_a_run_to_continue_is_refused(tiny, tmp_path):
+    with pytest.raises(ShearGraphError, match="no unfinished run there"):
+        prune(*tiny, out=tmp_path / "never-run", settings=settings(), resume=True, progress=False)
+    assert not (tmp_path / "never-run").exists()
+
+
+def test_zero_shot_task_folder_is_checked_before_any_work(tiny, tmp_path, monkeypatch):
+    from shear_graph.errors import EvalDataError
+    from shear_graph.pipeline import zero_shot_sources
+    from shear_graph.tasks import DATA_ENV, TASKS
+
+    monkeypatch.delenv(DATA_ENV, raising=False)
+    folder, tasks, note = zero_shot_sources(("piqa", "boolq"))
+    assert folder is None and tasks == [] and "skipped: no task folder" in note and DATA_ENV in note
+    assert zero_shot_sources(()) == (None, [], None)
+    with pytest.raises(EvalDataError, match="does not exist"):
+        prune(*tiny, out=tmp_path / "out", settings=settings(eval_tasks=("piqa",)), data_dir=tmp_path / "none",
+              progress=False)
+    assert not (tmp_path / "out").exists()
+    (tmp_path / "data" / TASKS["piqa"].path).parent.mkdir(parents=True)
+    (tmp_path / "data" / TASKS["piqa"].path).write_text("")
+    with pytest.raises(EvalDataError, match=r"lacks files of 1 task\(s\): boolq"):
+        zero_shot_sources(("piqa", "boolq"), tmp_path / "data")
+    monkeypatch.setenv(DATA_ENV, str(tmp_path / "data"))
+    assert zero_shot_sources(("piqa",)) == (tmp_path / "data", ["piqa"], None)
 
 
 def test_bad_settings_are_named(tiny, tmp_path):
@@ -144,6 +157,10 @@ def test_bad_settings_are_named(tiny, tmp_path):
         prune(*tiny, out=tmp_path / "o", settings=settings(baseline="random"), progress=False)
     with pytest.raises(ShearGraphError, match="period_steps must be at least 1"):
         prune(*tiny, out=tmp_path / "o", settings=settings(period_steps=0), progress=False)
+    with pytest.raises(ShearGraphError, match="ratio must be above 0"):
+        prune(*tiny, out=tmp_path / "o", settings=settings(ratio=0.0), progress=False)
+    with pytest.raises(ShearGraphError, match="unknown eval_tasks"):
+        prune(*tiny, out=tmp_path / "o", settings=settings(eval_tasks=("piqa", "mmlu")), progress=False)
 
 
 def test_full_disk_at_the_final_save_leaves_nothing_half_written(tiny, finished, tmp_path, monkeypatch):
@@ -211,6 +228,7 @@ def test_evaluation_only_domains_are_reported_and_never_trained_on(tiny, tmp_pat
                    eval_domains=[prose], progress=False)
     assert set(result.stages["dense"]["perplexity"]) == {"docs", "code", "prose"}
     assert result.split["domains"]["prose"]["use"] == "evaluation only"
+    assert result.split["domains"]["prose"]["calib_blocks"] == []  # none drawn: the report said 1
     assert set(result.recovery["lhspg"]["weights_history"][-1]["weights"]) == {"docs", "code"}
     with pytest.raises(sg.DataError, match=r"\['docs'\] given both for training and as evaluation-only"):
         prune(*tiny, out=tmp_path / "o2", settings=settings(), domains=tiny_domains(),

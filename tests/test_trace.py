@@ -46,3 +46,28 @@ def test_trace_leaves_training_mode_alone():
 def test_trace_rejects_non_models():
     with pytest.raises(TypeError, match="takes a transformers model or config"):
         sg.trace("meta-llama/Llama-2-7b")
+
+
+def test_code_under_no_grad_and_autocast_is_traced_through(monkeypatch):
+    """transformers before 5.2x runs its rotary embedding under ``torch.no_grad()``
+    and ``autocast(enabled=False)``; torch.export wraps such code in higher-order
+    ops that hid it from the rules (found on a GPU machine with transformers 5.17)."""
+    from transformers.models.llama import modeling_llama
+
+    plain = sg.find_groups(sg.trace(build("llama")))
+    forward = modeling_llama.LlamaRotaryEmbedding.forward
+
+    @torch.no_grad()
+    def old_forward(self, x, position_ids):
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            return forward(self, x, position_ids)
+
+    monkeypatch.setattr(modeling_llama.LlamaRotaryEmbedding, "forward", old_forward)
+    g = sg.trace(build("llama"))
+    assert not any(n.op == "call_function" and getattr(n.target, "__name__", "").startswith("wrap_with")
+                   for n in g.graph.nodes)
+
+    def described(groups):
+        return [(x.id, [(s.param, s.dim, s.indices.tolist()) for s in x.slices]) for x in groups]
+
+    assert described(sg.find_groups(g)) == described(plain)

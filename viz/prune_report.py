@@ -80,6 +80,14 @@ def lhspg_curve(lhspg: dict) -> go.Figure:
     return fig
 
 
+def _flat_note(names: list) -> str:
+    if not names:
+        return ""
+    return (f" Here the gap was 0 on every domain at every measurement for {', '.join(names)}: LHSPG trains on "
+            "these same domains while it prunes, so at small ratios its pruned model starts recovery at or below "
+            "the dense model's probe loss, and recovery trains on a uniform mixture.")
+
+
 def prune_report(result) -> str:
     """The report as one HTML string: the stage table (parameters, perplexity per
     domain, zero-shot scores, WikiText-2, tokens/s), the knowledge heatmap,
@@ -89,13 +97,15 @@ def prune_report(result) -> str:
 
     km = KnowledgeMap.from_json(json.dumps(result.knowledge))
     figs = [knowledge_heatmap(km), lhspg_curve(result.lhspg)]
-    names = []
+    names, flat = [], []
     for name, rec in result.recovery.items():
         if rec.get("weights_history"):
             fig = mixture_curves(rec["weights_history"])
             fig.update_layout(title=f"recovery data mixture: {name}")
             figs.append(fig)
             names.append(name)
+            if all(max(e["gaps"].values(), default=0) <= 0 for e in rec["weights_history"]):
+                flat.append(name)
     plots = [f.to_html(full_html=False, include_plotlyjs="inline" if i == 0 else False) for i, f in enumerate(figs)]
     header, rows = _stage_rows(result)
     wikitext_note = f"; WikiText-2 at {result.settings['seq_len']} tokens" if "WikiText-2 ppl" in header else ""
@@ -115,6 +125,7 @@ table{{border-collapse:collapse;margin:8px 0}}td,th{{border:1px solid #ccc;paddi
 </head><body>
 <h1>LoRAShear pruning report</h1>
 {_table(summary, ["", ""])}
+{"".join(f'<p style="color:#a15c00"><b>note:</b> {html.escape(n)}</p>' for n in result.notes)}
 <h2>Models</h2>
 <p>Perplexity on held-out blocks of {result.settings["block_len"]} tokens (never trained on or used for a
 decision); zero-shot scores on the first {result.settings["eval_limit"]} items of each task
@@ -122,7 +133,12 @@ decision); zero-shot scores on the first {result.settings["eval_limit"]} items o
 {_table(rows, header)}
 <h2>Knowledge distribution</h2>{plots[0]}
 <h2>LHSPG</h2>{plots[1]}
-<h2>Recovery</h2>{''.join(plots[2:]) or '<p>no recovery run</p>'}
+<h2>Recovery</h2>
+<p>The mixture is the share of training batches drawn from each domain. Every {result.settings["update_every"]}
+steps it moves toward the domains whose probe loss is furthest above the dense model's (the gap; Hedge-style
+multiplicative update). A domain whose gap is 0 (the pruned model is already at or below the dense model's
+loss there) gets no extra weight, so when every gap is 0 the mixture stays uniform.{_flat_note(flat)}</p>
+{''.join(plots[2:]) or '<p>no recovery run</p>'}
 <h2>Data</h2>{_table(split_rows, ["domain", "source", "tokens", "eval blocks", "calib blocks", "use"])}
 <h2>Settings</h2>{_table(list(result.settings.items()), ["setting", "value"])}
 <h2>Timings (s)</h2>{_table(list(result.seconds.items()), ["stage", "seconds"])}
