@@ -367,7 +367,36 @@ def _quality_section(q: dict) -> list:
         recovered = {"recovered": "yes", "pruned": "no"}.get(when, "")
         lines.append(f"| {LABELS.get(method, method)} | {recovered} | {row['params'] / 1e6:.1f} | {ppl} | {zs} | "
                      f"{row['tokens_per_s']:.0f} |")
-    return lines + ["", f"Report with every curve: `{q['report']}`.", ""]
+    analysis = [line for paragraph in q.get("analysis", []) for line in ("", paragraph)]
+    return lines + ["", *_floors(stages, domains), *analysis, "", f"Report with every curve: `{q['report']}`.", ""]
+
+
+def _floors(stages: dict, domains: list) -> list:
+    """The issue's floors checked on one quality run: LoRAShear's perplexity after
+    recovery at least 15 % below the best Torch-Pruning / LLM-Pruner-style row after
+    the same recovery, and every pruned model's tokens/s at least
+    0.9 x dense params / its params x dense tokens/s."""
+    dense, ours = stages["dense"], stages.get("lhspg_recovered")
+    peers = [stages[k] for k in ("tp_magnitude_recovered", "llm_pruner_taylor_recovered") if k in stages]
+    out = []
+    if ours and peers:
+        parts = []
+        for d in domains:
+            best = min(p["perplexity"][d] for p in peers)
+            change = ours["perplexity"][d] / best - 1
+            parts.append(f"{d} {change:+.1%} ({'met' if change <= -0.15 else 'missed'})")
+        out.append("Floor, perplexity (LoRAShear after recovery vs the best Torch-Pruning / LLM-Pruner-style row "
+                   "after the same recovery; at least -15 % asked): " + ", ".join(parts) + ".")
+    misses = []
+    for name, row in stages.items():
+        if name == "dense":
+            continue
+        floor = 0.9 * dense["params"] / row["params"] * dense["tokens_per_s"]
+        if row["tokens_per_s"] < floor:
+            misses.append(f"{name} {row['tokens_per_s']:.0f} < {floor:.0f}")
+    out.append("Floor, speed (tokens/s at least 0.9 x dense params / params x dense tokens/s): "
+               + ("met by every pruned model." if not misses else "missed by " + ", ".join(misses) + "."))
+    return out
 
 
 def main(argv=None) -> None:
