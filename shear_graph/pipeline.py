@@ -25,7 +25,7 @@ from .data import DataError, Domain, check_tokenizer, default_domains, make_bloc
 from .errors import CheckpointError, EvalDataError, PlanError, ShearGraphError
 from .groups import find_groups
 from .knowledge import KnowledgeMap, analyze_knowledge, check_analysis_settings, held_out_loss
-from .plan import PrunePlan, atomic_write_text, check_ratio, check_reachable, count_params, plan_by_saliency
+from .plan import PrunePlan, atomic_write_text, check_reachable, count_params, plan_by_saliency
 from .prune import apply_plan
 from .saliency import compute_saliency
 from .tasks import DATA_ENV, TASKS, TEXTS
@@ -79,9 +79,8 @@ class PruneSettings:
     def check(self) -> None:
         """Raise :class:`ShearGraphError` (or :class:`PlanError` for the ratio)
         naming the first bad setting."""
-        check_ratio(self.ratio)
-        if self.ratio <= 0:
-            raise ShearGraphError(f"ratio must be above 0 (the share of parameters to remove), got {self.ratio}")
+        if not (isinstance(self.ratio, (int, float)) and 0 < self.ratio < 1):
+            raise PlanError(f"ratio must be above 0 and below 1 (the share of parameters to remove), got {self.ratio}")
         unknown = [t for t in self.eval_tasks if t not in known_tasks()]
         if unknown:
             raise ShearGraphError(f"unknown eval_tasks {unknown}; known: {', '.join(known_tasks())}")

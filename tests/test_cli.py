@@ -69,10 +69,10 @@ def test_unknown_or_empty_kinds(tmp_path, kinds):
     assert result.exit_code == 2 and "unknown group kind(s)" in result.output
 
 
-@pytest.mark.parametrize("ratio", ["1.5", "-0.1", "1.0", "nan"])
+@pytest.mark.parametrize("ratio", ["1.5", "-0.1", "1.0", "nan", "0"])
 def test_bad_ratio_is_refused_before_any_model_is_loaded(tmp_path, ratio):
     result = run("oneshot", tmp_path / "does-not-exist", "--ratio", ratio, "--out", tmp_path / "o")
-    assert result.exit_code == 2 and "ratio must be in [0, 1)" in result.output
+    assert result.exit_code == 2 and "--ratio must be above 0 and below 1" in result.output
 
 
 def test_analyze_writes_report_and_json(tmp_path):
@@ -117,7 +117,7 @@ def test_main_job_refuses_what_it_cannot_do_before_any_work(tiny_folder, tmp_pat
     result = run("prune", tiny_folder, "--out", tmp_path / "o", "--baseline", "random")
     assert result.exit_code == 2 and "baseline must be taylor, magnitude or none" in result.output
     result = run("prune", tiny_folder, "--out", tmp_path / "o", "--ratio", "1.5")
-    assert result.exit_code == 2 and "ratio must be in [0, 1)" in result.output
+    assert result.exit_code == 2 and "--ratio must be above 0 and below 1" in result.output
 
 
 @pytest.mark.parametrize("command", [["prune"], ["analyze"], ["oneshot"], ["eval", "--tasks", "piqa"]])
@@ -200,3 +200,18 @@ def test_interrupted_prune_says_how_to_resume(tmp_path, monkeypatch):
     monkeypatch.setattr(pipeline, "prune", interrupted)
     result = run("prune", "--out", tmp_path / "out")
     assert result.exit_code == 130 and "continue with the same command and --resume" in result.output
+
+
+def test_prune_tasks_none_means_no_zero_shot_evaluation(tmp_path, monkeypatch):
+    """``--tasks none`` was refused as empty (trial, session 4)."""
+    import shear_graph.pipeline as pipeline
+
+    seen = {}
+
+    def job(*args, settings, **kwargs):
+        seen["tasks"] = settings.eval_tasks
+        raise pipeline.ShearGraphError("stop here")
+
+    monkeypatch.setattr(pipeline, "prune", job)
+    result = run("prune", "--tasks", "none", "--out", tmp_path / "out")
+    assert result.exit_code == 2 and "stop here" in result.output and seen["tasks"] == ()
