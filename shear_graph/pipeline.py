@@ -254,7 +254,7 @@ def zero_shot_sources(tasks, data_dir=None) -> tuple:
             missing.append(str(e))
     if missing:
         raise EvalDataError(f"the task folder {folder} lacks files of {len(missing)} task(s): {'; '.join(missing)}. "
-                            "Add them, or evaluate fewer tasks (--tasks, PruneSettings.eval_tasks; none: --tasks none)")
+                            "Add them, or evaluate fewer: eval_tasks (--tasks piqa,boolq), or none (--tasks none)")
     return folder, tasks, None
 
 
@@ -357,6 +357,9 @@ def prune(model: nn.Module | None = None, tokenizer=None, *, out, settings: Prun
     settings = settings or PruneSettings()
     settings.check()
     out = Path(out)
+    if overwrite and resume:
+        raise ShearGraphError("overwrite=True (--overwrite) and resume=True (--resume) exclude each other: "
+                              "pass one")
     if out.exists() and not (overwrite or resume):
         raise ShearGraphError(f"{out} exists; pass overwrite=True (--overwrite) to replace it "
                               "or resume=True (--resume) to continue the run in it")
@@ -364,7 +367,7 @@ def prune(model: nn.Module | None = None, tokenizer=None, *, out, settings: Prun
         done = (out / "results.json").is_file()
         raise ShearGraphError(f"nothing to resume in {out}: " + (
             "its run is complete (results.json); pass overwrite=True (--overwrite) to run it again" if done else
-            "no unfinished run there (no .work folder); start one without resume (--resume)"))
+            "no unfinished run there (no .work folder); start a run without resume=True (--resume)"))
     data, tasks, skipped = zero_shot_sources(settings.eval_tasks, data_dir)
     notes = [skipped] if skipped else []
     if out.exists() and overwrite and not resume:
@@ -385,6 +388,7 @@ def prune(model: nn.Module | None = None, tokenizer=None, *, out, settings: Prun
     work.put_json("settings", recorded)
     device, dtype = torch.device(settings.device), getattr(torch, settings.dtype)
     if model is None:
+        say("loading the default model (SmolLM2-135M; de-quantized and cached on first use)")
         model, tokenizer = load_default_model(dtype=dtype)
     if tokenizer is None:
         raise DataError("prune needs the model's tokenizer to read the training and evaluation text")
@@ -393,6 +397,7 @@ def prune(model: nn.Module | None = None, tokenizer=None, *, out, settings: Prun
     seconds = work.json("seconds") or {}
 
     def timed(name, fn):
+        say(f"{name} ...")
         t = time.perf_counter()
         value = fn()
         seconds[name] = round(seconds.get(name, 0) + time.perf_counter() - t, 1)

@@ -115,7 +115,8 @@ def data_dir(path=None) -> Path:
             )
     path = Path(path)
     if not path.is_dir():
-        raise EvalDataError(f"evaluation data folder {path} does not exist")
+        raise EvalDataError(f"evaluation data folder {path} does not exist; give the folder that holds the task "
+                            "files (README: Evaluation data)")
     return path
 
 

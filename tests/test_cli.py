@@ -144,7 +144,8 @@ def test_unwritable_output_is_refused_before_any_model_is_loaded(command, monkey
     (["prune", "--tasks", "piqa,nope"], "unknown --tasks ['nope']"),
     (["prune", "--tasks", " "], "--tasks is empty"),
     (["prune", "--data-dir", "/no/such/folder"], "evaluation data folder /no/such/folder does not exist"),
-    (["prune", "--resume"], "no unfinished run there"),
+    (["prune", "--resume"], "no unfinished run there (no .work folder); start a run without --resume"),
+    (["prune", "--resume", "--overwrite"], "--overwrite and --resume exclude each other"),
     (["eval", "--tasks", ""], "--tasks is empty"),
     (["eval", "--tasks", " , "], "--tasks is empty"),
 ])
@@ -194,12 +195,17 @@ def test_interrupted_prune_says_how_to_resume(tmp_path, monkeypatch):
     import shear_graph.pipeline as pipeline
 
     def interrupted(*args, out, **kwargs):
-        (out / ".work").mkdir(parents=True)
+        (out / ".work").mkdir(parents=True, exist_ok=True)
+        (out / ".work" / "settings.json").write_text("{}")
+        if out.name == "later":
+            (out / ".work" / "stages.json").write_text("{}")
         raise KeyboardInterrupt
 
     monkeypatch.setattr(pipeline, "prune", interrupted)
-    result = run("prune", "--out", tmp_path / "out")
+    result = run("prune", "--out", tmp_path / "later")
     assert result.exit_code == 130 and "continue with the same command and --resume" in result.output
+    result = run("prune", "--out", tmp_path / "early")
+    assert result.exit_code == 130 and "before any stage finished" in result.output
 
 
 def test_prune_tasks_none_means_no_zero_shot_evaluation(tmp_path, monkeypatch):
