@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+import os
 import shutil
 import statistics
 import time
@@ -29,6 +30,7 @@ from .plan import PrunePlan, atomic_write_text, check_reachable, count_params, p
 from .prune import apply_plan
 from .saliency import compute_saliency
 from .tasks import DATA_ENV, TASKS, TEXTS
+from .tasks import data_dir as find_data_dir
 from .trace import trace
 
 OUT_OF_DOMAIN = Path("/usr/share/dictd/devil.dict.dz")  # Debian's dict-devil: Bierce's Devil's Dictionary
@@ -234,10 +236,7 @@ def zero_shot_sources(tasks, data_dir=None) -> tuple:
         A folder was named (argument or environment) but does not exist, or
         lacks a file of one of ``tasks`` (all missing ones are named).
     """
-    import os
-
     from .evaluation import resolve_sources
-    from .tasks import data_dir as find_data_dir
 
     tasks = list(tasks)
     if not tasks:
