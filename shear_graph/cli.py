@@ -26,8 +26,8 @@ def _fail(message: str) -> None:
 PRUNE_FLAGS = {"ratio": "--ratio", "baseline": "--baseline", "eval_limit": "--eval-limit", "eval_tasks": "--tasks",
                "n_periods": "--n-periods", "period_steps": "--period-steps", "recovery_steps": "--recovery-steps",
                "lora_rank": "--lora-rank", "dtype": "--dtype", "data_dir": "--data-dir", "eval_data_dir": "--data-dir",
-               "resume=True": "--resume",
-               "overwrite=True": "--overwrite"}
+               "resume=True": "--resume", "overwrite=True": "--overwrite"}
+ANALYZE_FLAGS = {"fraction": "--fraction", "unprunable_ratio": "--unprunable-ratio"}
 
 
 def _as_flags(message: str, flags: dict) -> str:
@@ -211,7 +211,7 @@ def analyze(
     try:
         check_analysis_settings(fraction, unprunable_ratio)
     except sg.ShearGraphError as e:
-        _fail(f"--{str(e).replace('_', '-')}")
+        _fail(_as_flags(str(e), ANALYZE_FLAGS))
     _check_device(device)
     times = {}
     try:
