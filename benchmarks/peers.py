@@ -22,9 +22,11 @@ import json
 import os
 import platform
 import resource
+import statistics
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from importlib.metadata import version
 from pathlib import Path
 
@@ -182,16 +184,52 @@ def sg_magnitude_peer(model, calib, n_params):
     return sg.apply_plan(model, sg.plan_by_magnitude(model, groups, ratio, kinds=("attention_head", "ffn")))
 
 
+def dense_reference(model, calib, n_params):
+    """No pruning: the dense model through the same recovery, a ceiling for every pruned row."""
+    return model
+
+
 PEERS = {"tp_magnitude": tp_peer("tp-magnitude"), "llm_pruner_taylor": tp_peer("llm-pruner-taylor"),
          "sg_magnitude": sg_magnitude_peer}
+FORTUNES = Path("/usr/share/games/fortunes")
+# Kept out of the general-English domain: the fortunes that quote Bierce (his Devil's Dictionary is an
+# evaluation-only text), the mock-dictionary 'definitions' file (that text's genre) and ascii-art (not prose).
+FORTUNES_SKIPPED = {"definitions", "ascii-art"}
 
 
-def part_quality(ratio: float, smoke: bool = False) -> dict:
+def general_english(max_chars: int = 600_000, seed: int = 0):
+    """A general-English training domain from Debian's ``fortunes`` (quotations,
+    jokes and short prose on many topics), entries shuffled with ``seed`` and cut
+    to ``max_chars`` characters.
+
+    Raises SystemExit naming the package when it is not installed."""
+    import random
+
+    from shear_graph.data import Domain
+
+    files = sorted(f for f in FORTUNES.glob("*") if f.is_file() and not f.is_symlink() and not f.suffix
+                   and f.name not in FORTUNES_SKIPPED) if FORTUNES.is_dir() else []
+    if not files:
+        raise SystemExit(f"no fortunes under {FORTUNES}: install them (apt-get install fortunes) for --general-text")
+    entries = [e.strip() for f in files for e in f.read_text(errors="replace").split("\n%\n")]
+    entries = [e for e in entries if e and "bierce" not in e.lower() and "devil's dictionary" not in e.lower()]
+    random.Random(seed).shuffle(entries)
+    return Domain("general_english", ["\n\n".join(entries)[:max_chars]], f"debian:fortunes ({len(files)} files)")
+
+
+def part_quality(ratio: float, smoke: bool = False, general_text: bool = False, layer_shares: str = "uniform") -> dict:
     """LoRAShear (``sg.prune``, with its Taylor baseline) and the peers, at one
     ratio, in one run: same data split, evaluation blocks (Python docs, stdlib
-    code, Devil's Dictionary, WikiText-2 test), zero-shot items, recovery budget."""
+    code, Devil's Dictionary, WikiText-2 test), zero-shot items, recovery budget.
+
+    ``general_text`` adds :func:`general_english` to the training mixture (calibration,
+    LHSPG and recovery of every method) and a dense model through the same recovery.
+    ``layer_shares="knowledge"`` runs LoRAShear alone with per-layer shares from the
+    knowledge analysis (:meth:`~shear_graph.KnowledgeMap.prune_shares`); the report
+    sets its rows beside the peers of the uniform run, whose split and evaluation
+    blocks are the same (the run is seeded; the report checks the dense rows agree)."""
     import shear_graph as sg
-    from shear_graph.data import Domain
+    from shear_graph.data import Domain, default_domains
     from shear_graph.default_model import load_default_model
     from shear_graph.pipeline import out_of_domain_text
     from shear_graph.tasks import data_dir
@@ -200,17 +238,71 @@ def part_quality(ratio: float, smoke: bool = False) -> dict:
     wiki = data_dir(None) / "wikitext2" / "wiki.test.raw"
     eval_domains = [d for d in [out_of_domain_text()] if d is not None]
     eval_domains.append(Domain("wikitext2_test", [wiki.read_text()], str(wiki)))
-    settings = sg.PruneSettings(ratio=ratio, n_eval=16)
+    alone = layer_shares != "uniform"
+    settings = sg.PruneSettings(ratio=ratio, n_eval=16, layer_shares=layer_shares, baseline=None if alone else "taylor")
     if smoke:
-        settings = sg.PruneSettings(ratio=ratio, block_len=32, n_eval=2, n_probe=2, n_train=12, warmup_steps=1,
-                                    n_periods=2, period_steps=2, final_steps=1, recovery_steps=4, update_every=2,
-                                    batch_size=2, lora_rank=4, eval_limit=10)
+        settings = replace(settings, block_len=32, n_eval=2, n_probe=2, n_train=12, warmup_steps=1, n_periods=2,
+                           period_steps=2, final_steps=1, recovery_steps=4, update_every=2, batch_size=2,
+                           lora_rank=4, eval_limit=10)
+    domains = default_domains() + ([general_english()] if general_text else [])
+    peers = {**PEERS, "dense_reference": dense_reference} if general_text else dict(PEERS)
+    if alone:
+        peers = {}
     model, tok = load_default_model(n_layers=8 if smoke else None)
-    out = HERE / "work" / f"quality_{ratio}{'_smoke' if smoke else ''}"
-    result = sg.prune(model, tok, out=out, settings=settings, resume=out.exists(), peers=PEERS,
+    out = HERE / "work" / _quality_name(ratio, smoke, general_text, layer_shares)
+    result = sg.prune(model, tok, out=out, settings=settings, resume=out.exists(), peers=peers, domains=domains,
                       eval_domains=eval_domains, report=write_prune_report, keep_work=True)
-    return {"ratio": ratio, "smoke": smoke, "settings": result.settings, "stages": result.stages,
+    return {"ratio": ratio, "smoke": smoke, "general_text": general_text, "settings": result.settings,
+            "training_domains": {d.name: d.source for d in domains}, "stages": result.stages,
             "seconds": result.seconds, "report": str(out / "report.html")}
+
+
+def _quality_name(ratio: float, smoke: bool, general_text: bool, layer_shares: str = "uniform") -> str:
+    variant = "" if layer_shares == "uniform" else f"_{layer_shares}"
+    return f"quality_{ratio}{'_general' if general_text else ''}{variant}{'_smoke' if smoke else ''}"
+
+
+def part_speed(ratio: float, general_text: bool = False, rounds: int = 5) -> dict:
+    """Forward tokens/s (batch 1 x 512) of the dense model and of every pruned
+    model of a finished quality run, in one process started on idle cores.
+
+    The models are timed in turn, round after round (each round a median of 5
+    after a warm-up), and each row is the median over ``rounds``: a change in the
+    machine's speed during the pass falls on every model alike, which the single
+    measurement inside a quality run cannot promise. LoRAShear's and the one-shot
+    baseline's models are the quality run's own (``.work/<stage>``); the peers are
+    pruned again to the same parameter count, their widths (uniform per layer)
+    not depending on the calibration text, so random tokens stand in for it.
+
+    Raises SystemExit when the quality run's stage models are not there."""
+    import copy
+
+    import torch
+
+    import shear_graph as sg
+    from shear_graph.default_model import load_default_model
+    from shear_graph.pipeline import tokens_per_second
+
+    work = HERE / "work" / _quality_name(ratio, False, general_text) / ".work"
+    if not (work / "lhspg_recovered").is_dir():
+        raise SystemExit(f"no finished quality run in {work.parent}: run `peers.py quality {ratio}"
+                         f"{' --general-text' if general_text else ''}` first (it keeps its stage models)")
+    dense = load_default_model()[0]
+    models = {"dense": dense}
+    models.update({stage: sg.load_pruned(work / stage) for stage in ("lhspg_recovered", "baseline_recovered")
+                   if (work / stage).is_dir()})
+    n_params = _n_params(models["lhspg_recovered"])
+    calib = torch.randint(0, dense.config.vocab_size, (8, 128), generator=torch.Generator().manual_seed(0))
+    for name, fn in PEERS.items():
+        models[f"{name}_pruned"] = fn(copy.deepcopy(dense), calib, n_params).eval()
+    load = os.getloadavg()[0]
+    times = {name: [] for name in models}
+    for _ in range(rounds):
+        for name, model in models.items():
+            times[name].append(round(tokens_per_second(model), 1))
+    return {"ratio": ratio, "general_text": general_text, "load_average_at_start": load, "rounds": rounds,
+            "rows": {name: {"params": _n_params(m), "tokens_per_s": statistics.median(times[name]),
+                            "per_round": times[name]} for name, m in models.items()}}
 
 
 def child_tp_ratio(model_name: str) -> dict:
@@ -303,7 +395,11 @@ def write_report() -> Path:
                   *[f"    {line}" for line in g["meta_scale"]], ""]
     for name, q in parts.items():
         if name.startswith("quality_"):
-            lines += _quality_section(q)
+            shares = q["settings"].get("layer_shares", "uniform")
+            base = parts.get(name.replace(f"_{shares}", "")) if shares != "uniform" else None
+            lines += _quality_section(_beside_base(q, base) if base else q)
+            speed = parts.get("speed_" + name.removeprefix("quality_"))
+            lines += _speed_section(speed) if speed else []
     if "gpu_check" in parts:
         lines += _gpu_section(parts["gpu_check"])
     path = HERE / "RESULTS.md"
@@ -338,7 +434,21 @@ def _load_note(part: dict) -> str:
 
 LABELS = {"dense": "dense", "lhspg": "shear-graph LoRAShear (LHSPG)", "baseline": "shear-graph one-shot Taylor",
           "sg_magnitude": "shear-graph one-shot magnitude", "tp_magnitude": "Torch-Pruning magnitude (its LLM example)",
-          "llm_pruner_taylor": "LLM-Pruner-style Taylor (Torch-Pruning, layers 4..N-2)"}
+          "llm_pruner_taylor": "LLM-Pruner-style Taylor (Torch-Pruning, layers 4..N-2)",
+          "dense_reference": "dense, not pruned (a ceiling)"}
+
+
+def _beside_base(q: dict, base: dict) -> dict:
+    """A LoRAShear-only variant run with the other rows of its uniform run (same
+    seeded split and evaluation blocks), and a note saying so."""
+    same = q["stages"]["dense"]["perplexity"] == base["stages"]["dense"]["perplexity"]
+    note = (f"LoRAShear rows from this run (layer_shares={q['settings']['layer_shares']}); every other row from the "
+            "uniform run above" + (", whose dense perplexities are the same to the last digit (same split, same "
+                                   "evaluation blocks)." if same else
+                                   ". WARNING: the dense rows differ, so the runs did not share a split."))
+    stages = {"dense": base["stages"]["dense"], **{k: v for k, v in q["stages"].items() if k.startswith("lhspg")},
+              **{k: v for k, v in base["stages"].items() if not k.startswith(("lhspg", "dense"))}}
+    return {**q, "stages": stages, "note": " ".join(filter(None, [q.get("note"), note]))}
 
 
 def _quality_section(q: dict) -> list:
@@ -346,8 +456,15 @@ def _quality_section(q: dict) -> list:
     dense = stages["dense"]
     domains = list(dense["perplexity"])
     smoke = " (smoke setting: an 8-layer cut, tiny settings; not a measurement)" if q["smoke"] else ""
-    lines = [f"## Quality and speed at {q['ratio']:.0%} of the parameters removed{smoke}", "",
-             f"Command: `.venv/bin/python benchmarks/peers.py quality {q['ratio']}{' --smoke' if q['smoke'] else ''}`"
+    general = q.get("general_text", False)
+    trained = ", ".join(q.get("training_domains", ["python_docs", "python_code"]))
+    shares = q["settings"].get("layer_shares", "uniform")
+    flags = (" --general-text" if general else "") + (f" --layer-shares {shares}" if shares != "uniform" else "") \
+        + (" --smoke" if q["smoke"] else "")
+    title = f", LoRAShear with per-layer shares ({shares})" if shares != "uniform" else ""
+    lines = [f"## Quality and speed at {q['ratio']:.0%} of the parameters removed, trained on {trained}{title}{smoke}",
+             "",
+             f"Command: `.venv/bin/python benchmarks/peers.py quality {q['ratio']}{flags}`"
              f" ({q['date']}; {env['machine']}; torch {env['torch']}, torch-pruning {env['torch-pruning']}). "
              f"{_load_note(q)} "
              f"One `sg.prune` run with the peers beside it: the same evaluation blocks ({q['settings']['n_eval']} "
@@ -371,6 +488,25 @@ def _quality_section(q: dict) -> list:
     return lines + ["", *_floors(stages, domains), *analysis, "", f"Report with every curve: `{q['report']}`.", ""]
 
 
+def _speed_section(sp: dict) -> list:
+    """The speed floor on a separate pass over the quality run's models (:func:`part_speed`)."""
+    rows = sp["rows"]
+    dense = rows["dense"]
+    flags = " --general-text" if sp.get("general_text") else ""
+    lines = [f"Speed measured apart (`.venv/bin/python benchmarks/peers.py speed {sp['ratio']}{flags}`, {sp['date']}; "
+             f"load average at start {sp['load_average_at_start']:.2f}): the dense model and every pruned model "
+             f"timed in turn, {sp['rounds']} rounds, each a median of 5 forwards of 1 x 512 tokens; the row is the "
+             "median over rounds. The floor is 0.9 x dense params / params x dense tokens/s.", "",
+             "| model | params (M) | tokens/s | x dense | floor | |", "|---|---|---|---|---|---|"]
+    for name, row in rows.items():
+        method = name.rpartition("_")[0] or name
+        floor = 0.9 * dense["params"] / row["params"] * dense["tokens_per_s"]
+        verdict = "" if name == "dense" else ("met" if row["tokens_per_s"] >= floor else "missed")
+        lines.append(f"| {LABELS.get(method, method)} | {row['params'] / 1e6:.1f} | {row['tokens_per_s']:.0f} | "
+                     f"{row['tokens_per_s'] / dense['tokens_per_s']:.2f} | {floor:.0f} | {verdict} |")
+    return lines + [""]
+
+
 def _floors(stages: dict, domains: list) -> list:
     """The issue's floors checked on one quality run: LoRAShear's perplexity after
     recovery at least 15 % below the best Torch-Pruning / LLM-Pruner-style row after
@@ -389,21 +525,28 @@ def _floors(stages: dict, domains: list) -> list:
                    "after the same recovery; at least -15 % asked): " + ", ".join(parts) + ".")
     misses = []
     for name, row in stages.items():
-        if name == "dense":
+        if name.startswith("dense"):
             continue
         floor = 0.9 * dense["params"] / row["params"] * dense["tokens_per_s"]
         if row["tokens_per_s"] < floor:
             misses.append(f"{name} {row['tokens_per_s']:.0f} < {floor:.0f}")
-    out.append("Floor, speed (tokens/s at least 0.9 x dense params / params x dense tokens/s): "
+    out.append("Floor, speed, on the quality run's own single measurements (tokens/s at least 0.9 x dense params / "
+               "params x dense tokens/s): "
                + ("met by every pruned model." if not misses else "missed by " + ", ".join(misses) + "."))
     return out
 
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("part", choices=["graph", "quality", "report", "child"])
-    parser.add_argument("args", nargs="*", help="quality: the ratios (default 0.2 0.5); child: tool and model")
+    parser.add_argument("part", choices=["graph", "quality", "speed", "report", "child"])
+    parser.add_argument("args", nargs="*", help="quality, speed: the ratios (default 0.2 0.5); child: tool and model")
     parser.add_argument("--smoke", action="store_true", help="quality on an 8-layer cut with tiny settings")
+    parser.add_argument("--layer-shares", choices=["uniform", "knowledge"], default="uniform",
+                        help="quality: knowledge = LoRAShear alone with per-layer shares from the knowledge analysis, "
+                             "set beside the peers of the uniform run")
+    parser.add_argument("--general-text", action="store_true",
+                        help="quality: train every method on general English (Debian fortunes) beside the default "
+                             "Python docs and code, and add the dense model through the same recovery")
     args = parser.parse_args(argv)
     if args.part == "child":
         print(json.dumps(CHILDREN[args.args[0]](*args.args[1:])))
@@ -414,8 +557,13 @@ def main(argv=None) -> None:
         (RESULTS / "graph.json").write_text(json.dumps({**stamp, **part_graph()}, indent=1))
     if args.part == "quality":
         for ratio in [float(r) for r in args.args] or [0.2, 0.5]:
-            name = f"quality_{ratio}{'_smoke' if args.smoke else ''}.json"
-            (RESULTS / name).write_text(json.dumps({**stamp, **part_quality(ratio, args.smoke)}, indent=1))
+            name = _quality_name(ratio, args.smoke, args.general_text, args.layer_shares) + ".json"
+            part = part_quality(ratio, args.smoke, args.general_text, args.layer_shares)
+            (RESULTS / name).write_text(json.dumps({**stamp, **part}, indent=1))
+    if args.part == "speed":
+        for ratio in [float(r) for r in args.args] or [0.2, 0.5]:
+            name = "speed_" + _quality_name(ratio, False, args.general_text).removeprefix("quality_") + ".json"
+            (RESULTS / name).write_text(json.dumps({**stamp, **part_speed(ratio, args.general_text)}, indent=1))
     print(write_report())
 
 

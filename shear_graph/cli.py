@@ -25,7 +25,8 @@ def _fail(message: str) -> None:
 # PruneSettings fields the prune command sets, named as its flags in messages
 PRUNE_FLAGS = {"ratio": "--ratio", "baseline": "--baseline", "eval_limit": "--eval-limit", "eval_tasks": "--tasks",
                "n_periods": "--n-periods", "period_steps": "--period-steps", "recovery_steps": "--recovery-steps",
-               "lora_rank": "--lora-rank", "dtype": "--dtype", "data_dir": "--data-dir", "eval_data_dir": "--data-dir",
+               "lora_rank": "--lora-rank", "layer_shares": "--layer-shares", "dtype": "--dtype", "data_dir": "--data-dir",
+               "eval_data_dir": "--data-dir",
                "resume=True": "--resume", "overwrite=True": "--overwrite"}
 ANALYZE_FLAGS = {"fraction": "--fraction", "unprunable_ratio": "--unprunable-ratio"}
 
@@ -378,6 +379,9 @@ def prune(
     period_steps: int = typer.Option(DEFAULTS.period_steps, help="Steps per LHSPG period"),
     recovery_steps: int = typer.Option(DEFAULTS.recovery_steps, help="Recovery steps (LoRA) for LoRAShear and for the baseline"),
     lora_rank: int = typer.Option(DEFAULTS.lora_rank, help="LoRA rank for LHSPG and recovery"),
+    layer_shares: str = typer.Option(DEFAULTS.layer_shares, help="uniform: every prunable layer loses the same "
+                                     "share; knowledge: layers whose masking cost less in the knowledge analysis "
+                                     "lose more (up to twice the uniform share)"),
     device: str = typer.Option("cpu", help="cpu, cuda, cuda:1, ..."),
     dtype: str = typer.Option("float32", help="float32, bfloat16 or float16 (bf16 on GPU)"),
     overwrite: bool = typer.Option(False, help="Replace OUT if it exists"),
@@ -403,7 +407,8 @@ def prune(
         _fail("--tasks is empty; name tasks (e.g. --tasks piqa,boolq) or none for no zero-shot evaluation")
     settings = PruneSettings(ratio=ratio, baseline=None if baseline == "none" else baseline, eval_limit=eval_limit,
                              n_periods=n_periods, period_steps=period_steps, recovery_steps=recovery_steps,
-                             lora_rank=lora_rank, device=device, dtype=dtype, eval_tasks=chosen)
+                             lora_rank=lora_rank, layer_shares=layer_shares, device=device, dtype=dtype,
+                             eval_tasks=chosen)
     try:
         settings.check()
     except sg.ShearGraphError as e:

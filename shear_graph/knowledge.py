@@ -15,6 +15,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 from tqdm.auto import tqdm
@@ -83,6 +84,37 @@ class KnowledgeMap:
     def n_harmless(self) -> int:
         """Clusters whose masking did not raise the held-out loss."""
         return sum(c.loss_delta <= 0 for c in self.clusters)
+
+    def prune_shares(self) -> dict:
+        """Per-layer shares for :func:`~shear_graph.plan.plan_by_saliency`: the
+        prunable clusters that lost less when masked lose more channels.
+
+        For a prunable cluster with loss delta ``d`` (negative counts as 0) and
+        ``m`` the median delta of the prunable clusters of its kind, every group
+        of the cluster gets the share ``2 m / (d + m)``: the median keeps the
+        uniform share, a cluster whose masking cost nothing loses twice it, one
+        at three times the median half of it. Bounded in (0, 2], so a noisy
+        delta from a few probe blocks cannot strip a layer. This is shear-graph's
+        extension of the analysis (LoRAShear, Sec. 3.2, only marks unprunable
+        clusters), in the spirit of non-uniform layer-wise ratios (OWL, Yin et
+        al. 2023). A kind whose median delta is 0 gets shares of 1.
+
+        Returns
+        -------
+        dict
+            Group id -> share (float); unprunable clusters' groups are absent.
+        """
+        by_kind = {}
+        for c in self.clusters:
+            if not c.unprunable:
+                by_kind.setdefault(c.kind, []).append(c)
+        shares = {}
+        for members in by_kind.values():
+            deltas = [max(c.loss_delta, 0.0) for c in members]
+            m = float(np.median(deltas))
+            for c, d in zip(members, deltas):
+                shares.update({g: (2 * m / (d + m) if m > 0 else 1.0) for g in c.removed})
+        return shares
 
     def cluster_plan(self, model: nn.Module, groups: list, cluster_id: str) -> PrunePlan:
         """The plan that removes exactly what the analysis masked in one cluster."""

@@ -60,6 +60,7 @@ class PruneSettings:
     n_train: int = 200
     fraction: float = 0.25
     unprunable_ratio: float = 0.2
+    layer_shares: str = "uniform"  # or "knowledge": KnowledgeMap.prune_shares, per-layer shares for LHSPG
     warmup_steps: int = 10
     n_periods: int = 4
     period_steps: int = 30
@@ -86,6 +87,8 @@ class PruneSettings:
         unknown = [t for t in self.eval_tasks if t not in known_tasks()]
         if unknown:
             raise ShearGraphError(f"unknown eval_tasks {unknown}; known: {', '.join(known_tasks())}")
+        if self.layer_shares not in ("uniform", "knowledge"):
+            raise ShearGraphError(f"layer_shares must be uniform or knowledge, got {self.layer_shares!r}")
         if self.baseline not in (None, "taylor", "magnitude"):
             raise ShearGraphError(f"baseline must be taylor, magnitude or none, got {self.baseline!r}")
         for name in ("n_eval", "n_probe", "n_train", "n_periods", "period_steps", "batch_size", "lora_rank",
@@ -215,9 +218,12 @@ def _split_calib(blocks, n_probe: int, n_train: int) -> tuple:
 
 def calibration_sample(blocks: dict, n: int) -> torch.Tensor:
     """``n`` blocks [n, block_len] taken evenly from every domain of ``blocks``
-    (domain -> int64 [m, block_len]), so saliency is never scored on one domain alone."""
+    (domain -> int64 [m, block_len]), so saliency is never scored on one domain
+    alone; the domains take turns, so any first ``k >= len(blocks)`` of them (a
+    recipe that scores on a few samples) cover every domain too."""
     per = max(1, math.ceil(n / len(blocks)))
-    return torch.cat([b[:per] for b in blocks.values()])[:max(n, len(blocks))]
+    turns = [b[i] for i in range(per) for b in blocks.values() if i < len(b)]
+    return torch.stack(turns)[:max(n, len(blocks))]
 
 
 def zero_shot_sources(tasks, data_dir=None) -> tuple:
@@ -453,6 +459,7 @@ def prune(model: nn.Module | None = None, tokenizer=None, *, out, settings: Prun
     if pruned is None:
         result = timed("LHSPG", lambda: lhspg_prune(
             model, train_all, settings.ratio, knowledge=km, kinds=settings.kinds, saliency=settings.saliency,
+            shares=km.prune_shares() if settings.layer_shares == "knowledge" else None,
             warmup_steps=settings.warmup_steps, n_periods=settings.n_periods, period_steps=settings.period_steps,
             final_steps=settings.final_steps, batch_size=settings.batch_size, lr=settings.lhspg_lr,
             lora_rank=settings.lora_rank, lora_alpha=settings.lora_alpha, seed=settings.seed, device=device,

@@ -277,13 +277,14 @@ def check_reachable(model: torch.nn.Module, groups: list, ratio: float, kinds=No
 
 
 def plan_by_saliency(model: torch.nn.Module, groups: list, saliency, ratio: float, kinds=None,
-                     exclude=()) -> PrunePlan:
+                     exclude=(), shares: dict | None = None) -> PrunePlan:
     """Remove ``ratio`` of the model's parameters, lowest-saliency channels first.
 
-    Every selected group loses the same fraction of its channels (rounded,
-    at least one channel kept); the fraction is found by bisection so that the
-    parameters removed reach ``ratio`` of :func:`count_params`. Within a group
-    the channels with the lowest ``saliency.scores`` go first.
+    Every selected group loses the same fraction ``f`` of its channels, or
+    ``f * shares[group]`` with ``shares`` (rounded, at least one channel kept);
+    ``f`` is found by bisection so that the parameters removed reach ``ratio``
+    of :func:`count_params`. Within a group the channels with the lowest
+    ``saliency.scores`` go first.
 
     Parameters
     ----------
@@ -297,30 +298,41 @@ def plan_by_saliency(model: torch.nn.Module, groups: list, saliency, ratio: floa
     exclude : iterable of str or KnowledgeMap
         Group ids to leave whole; a :class:`~shear_graph.knowledge.KnowledgeMap`
         excludes its unprunable clusters.
+    shares : dict, optional
+        Group id -> relative share of its channels to remove (>= 0; 1 for a
+        group not named), e.g. :meth:`~shear_graph.knowledge.KnowledgeMap.prune_shares`.
 
     Raises
     ------
     PlanError
-        ``ratio`` outside [0, 1), or not reachable with the kinds and exclusions
-        given (the message gives the largest reachable ratio).
+        ``ratio`` outside [0, 1), a share negative or not finite, or ``ratio``
+        not reachable with the kinds, exclusions and shares given (the message
+        gives the largest reachable ratio).
     """
     check_ratio(ratio)
     kinds = set(kinds) if kinds else None
     excluded = set(getattr(exclude, "unprunable_groups", exclude))
     chosen = [g for g in groups if (kinds is None or g.kind in kinds) and g.id not in excluded]
     order = {g.id: np.argsort(saliency.scores[g.id], kind="stable").tolist() for g in chosen}
+    share = _check_shares(shares or {}, chosen)
     total = count_params(model)
-    method = f"{saliency.method}(ratio={ratio})"
+    method = f"{saliency.method}(ratio={ratio}{', shares' if shares else ''})"
 
     def plan_at(f: float) -> PrunePlan:
-        chans = {g.id: order[g.id][: min(int(round(f * g.n_channels)), g.n_channels - 1)] for g in chosen}
+        chans = {g.id: order[g.id][: min(int(round(f * share[g.id] * g.n_channels)), g.n_channels - 1)]
+                 for g in chosen}
         return PrunePlan.from_channels(model, groups, chans, method=method)
 
     def removed(plan: PrunePlan) -> float:
         return 1 - count_params(model, plan.removed_indices()) / total
 
     check_reachable(model, groups, ratio, kinds, exclude)
-    lo, hi = 0.0, 1.0
+    positive = [v for v in share.values() if v > 0]
+    hi = 1.0 / min(positive) if positive else 1.0  # every group with a share can reach its limit
+    if removed(plan_at(hi)) < ratio:
+        raise PlanError(f"ratio {ratio} cannot be reached with these shares: at most {removed(plan_at(hi)):.4f} "
+                        "(a share of 0 leaves its group whole); give the groups larger shares or a smaller ratio")
+    lo = 0.0
     for _ in range(30):
         mid = (lo + hi) / 2
         if removed(plan_at(mid)) >= ratio:
@@ -328,6 +340,16 @@ def plan_by_saliency(model: torch.nn.Module, groups: list, saliency, ratio: floa
         else:
             lo = mid
     return plan_at(hi)
+
+
+def _check_shares(shares: dict, chosen: list) -> dict:
+    if not isinstance(shares, dict):
+        raise PlanError(f"shares must be a dict of group id -> share, got {type(shares).__name__}")
+    bad = {k: v for k, v in shares.items()
+           if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v) or v < 0}
+    if bad:
+        raise PlanError(f"shares must be finite numbers >= 0; got {bad}")
+    return {g.id: float(shares.get(g.id, 1.0)) for g in chosen}
 
 
 def plan_by_magnitude(model: torch.nn.Module, groups: list, ratio: float, kinds=None, exclude=()) -> PrunePlan:

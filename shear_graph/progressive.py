@@ -71,7 +71,7 @@ class LHSPGResult:
 
 def saliency_selector(model: nn.Module, groups: list, ratio: float, n_periods: int, *, method: str = "taylor",
                       blocks: torch.Tensor | None = None, kinds=("attention_head", "ffn"), exclude=(),
-                      batch_size: int = 4):
+                      shares: dict | None = None, batch_size: int = 4):
     """The default ``select`` of :class:`LHSPG`: at period ``p`` the lowest-saliency
     channels that remove ``ratio * (p + 1) / n_periods`` of the parameters
     (:func:`~shear_graph.plan.plan_by_saliency`, so every prunable group loses the
@@ -88,26 +88,26 @@ def saliency_selector(model: nn.Module, groups: list, ratio: float, n_periods: i
         weight stands for the composed one (its gradient is the composed weight's).
     blocks : torch.Tensor, optional
         Calibration tokens int64 [n, block_len] for data-driven criteria.
-    kinds, exclude
+    kinds, exclude, shares
         As for :func:`~shear_graph.plan.plan_by_saliency` (a KnowledgeMap's
         unprunable clusters are excluded).
 
     Raises
     ------
     PlanError
-        At construction, if ``ratio`` cannot be reached with these kinds and
-        exclusions (the message says the largest ratio that can).
+        At construction, if ``ratio`` cannot be reached with these kinds,
+        exclusions and shares (the message says the largest ratio that can).
     """
     check_ratio(ratio)
     ratios = period_ratios(ratio, n_periods)
     magnitude = compute_saliency(model, groups, "magnitude")
-    plan_by_saliency(model, groups, magnitude, ratio, kinds, exclude)  # fail now, not after warm-up
+    plan_by_saliency(model, groups, magnitude, ratio, kinds, exclude, shares)  # fail now, not after warm-up
 
     def select(period: int, chosen: dict) -> dict:
         sal = compute_saliency(model, groups, method, blocks, batch_size=batch_size)
         for gid, chans in chosen.items():
             sal.scores[gid][chans] = -np.inf
-        plan = plan_by_saliency(model, groups, sal, ratios[period], kinds, exclude)
+        plan = plan_by_saliency(model, groups, sal, ratios[period], kinds, exclude, shares)
         return {r.group: list(r.channels) for r in plan.removals}
 
     return select
@@ -141,7 +141,7 @@ def _load_state(path: Path, peft_model, opt: LHSPG) -> tuple:
     return state["history"], state["periods"]
 
 
-def lhspg_prune(model: nn.Module, blocks: torch.Tensor, ratio: float, *, knowledge=None,
+def lhspg_prune(model: nn.Module, blocks: torch.Tensor, ratio: float, *, knowledge=None, shares: dict | None = None,
                 kinds=("attention_head", "ffn"), saliency: str = "taylor", warmup_steps: int = 10,
                 n_periods: int = 4, period_steps: int = 20, final_steps: int = 20, batch_size: int = 4, lr: float = 3e-4,
                 lora_rank: int = 8, lora_alpha: float = 16.0, epsilon: float = 0.0, seed: int = 0,
@@ -163,6 +163,9 @@ def lhspg_prune(model: nn.Module, blocks: torch.Tensor, ratio: float, *, knowled
         Share of total base parameters to remove, in [0, 1).
     knowledge : KnowledgeMap, optional
         Its unprunable clusters are left whole.
+    shares : dict, optional
+        Group id -> relative share of channels to remove (default: the same for
+        every group); ``knowledge.prune_shares()`` gives per-layer shares.
     kinds : tuple of str
         Group kinds to prune.
     saliency : str
@@ -209,7 +212,7 @@ def lhspg_prune(model: nn.Module, blocks: torch.Tensor, ratio: float, *, knowled
     pick = torch.randperm(len(blocks), generator=torch.Generator().manual_seed(seed))[:4 * batch_size]
     calib = blocks[pick].to(device)
     select = saliency_selector(peft_model, groups, ratio, n_periods, method=saliency, blocks=calib,
-                               kinds=kinds, exclude=knowledge or (), batch_size=batch_size)
+                               kinds=kinds, exclude=knowledge or (), shares=shares, batch_size=batch_size)
     opt = LHSPG(peft_model, groups, select, lr=lr, warmup_steps=warmup_steps, n_periods=n_periods,
                 period_steps=period_steps, final_steps=final_steps, epsilon=epsilon)
     steps = opt.total_steps
@@ -257,7 +260,7 @@ def lhspg_prune(model: nn.Module, blocks: torch.Tensor, ratio: float, *, knowled
                                    method=f"lhspg({saliency}, ratio={ratio}, periods={n_periods})")
     settings = dict(ratio=ratio, kinds=list(kinds), saliency=saliency, warmup_steps=warmup_steps,
                     n_periods=n_periods, period_steps=period_steps, final_steps=final_steps, batch_size=batch_size, lr=lr,
-                    lora_rank=lora_rank, lora_alpha=lora_alpha, epsilon=epsilon, seed=seed,
+                    lora_rank=lora_rank, lora_alpha=lora_alpha, epsilon=epsilon, seed=seed, shares=shares,
                     projected=opt.schedule["projected"])
     return LHSPGResult(merged, plan, history, periods, steps * batch_size * blocks.shape[1],
                        time.perf_counter() - start, settings)

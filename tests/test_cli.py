@@ -139,6 +139,7 @@ def test_unwritable_output_is_refused_before_any_model_is_loaded(command, monkey
     (["analyze", "--n-eval", "0"], "--n-eval must be at least 1, got 0"),
     (["prune", "--eval-limit", "0"], "--eval-limit must be at least 1"),
     (["prune", "--lora-rank", "0"], "--lora-rank must be at least 1, got 0"),
+    (["prune", "--layer-shares", "owl"], "--layer-shares must be uniform or knowledge, got 'owl'"),
     (["prune", "--ratio", "0"], "--ratio must be above 0"),
     (["oneshot", "--ratio", "0"], "--ratio must be above 0"),
     (["prune", "--tasks", "piqa,nope"], "unknown --tasks ['nope']"),

@@ -130,6 +130,13 @@ def test_knowledge_moves_into_the_kept_groups(trained):
     assert lhspg_loss < oneshot_loss, (lhspg_loss, oneshot_loss)
 
 
+def test_shares_steer_which_layers_lose_channels(trained):
+    result = lhspg_prune(trained, pattern_blocks(32, seed=2), 0.1, kinds=("ffn",), shares={"ffn.L0": 0.0},
+                         warmup_steps=1, n_periods=1, period_steps=2, final_steps=1, batch_size=4, progress=False)
+    assert [r.group for r in result.plan.removals] == ["ffn.L1"]
+    assert result.settings["shares"] == {"ffn.L0": 0.0}
+
+
 def test_unreachable_ratio_names_the_largest_reachable(trained):
     with pytest.raises(PlanError, match="at most 0.[0-9]+ of the parameters are removable"):
         lhspg_prune(trained, pattern_blocks(8), 0.9, kinds=("attention_head",), progress=False)

@@ -159,6 +159,8 @@ def test_bad_settings_are_named(tiny, tmp_path):
         prune(*tiny, out=tmp_path / "o", settings=settings(period_steps=0), progress=False)
     with pytest.raises(ShearGraphError, match="ratio must be above 0"):
         prune(*tiny, out=tmp_path / "o", settings=settings(ratio=0.0), progress=False)
+    with pytest.raises(ShearGraphError, match="layer_shares must be uniform or knowledge"):
+        prune(*tiny, out=tmp_path / "o", settings=settings(layer_shares="owl"), progress=False)
     with pytest.raises(ShearGraphError, match="unknown eval_tasks"):
         prune(*tiny, out=tmp_path / "o", settings=settings(eval_tasks=("piqa", "mmlu")), progress=False)
 
@@ -188,12 +190,24 @@ def test_full_disk_at_the_final_save_leaves_nothing_half_written(tiny, finished,
     assert (out / "results.json").exists() and sg.load_pruned(out / "model") is not None
 
 
+def test_knowledge_layer_shares_reach_lhspg(tiny, finished, tmp_path):
+    result = prune(*tiny, out=tmp_path / "o", settings=settings(layer_shares="knowledge", recovery_steps=0,
+                                                                 baseline=None),
+                   domains=tiny_domains(), progress=False)
+    shares = sg.KnowledgeMap.from_json(json.dumps(result.knowledge)).prune_shares()
+    assert result.lhspg["settings"]["shares"] == shares and len(set(shares.values())) > 1
+    assert finished.lhspg["settings"]["shares"] is None  # the default: one share for every group
+
+
 def test_saliency_is_calibrated_on_every_domain():
     from shear_graph.pipeline import calibration_sample
 
     blocks = {"a": torch.zeros(10, 4, dtype=torch.long), "b": torch.ones(10, 4, dtype=torch.long)}
     sample = calibration_sample(blocks, 8)
     assert sample.shape == (8, 4) and (sample[:, 0] == 0).sum() == 4 and (sample[:, 0] == 1).sum() == 4
+    # a peer that scores on the first k blocks (LLM-Pruner's 10 samples) still sees every domain
+    three = {**blocks, "c": torch.full((10, 4), 2, dtype=torch.long)}
+    assert calibration_sample(three, 32)[:10, 0].tolist() == [0, 1, 2] * 3 + [0]
 
 
 def test_peers_run_beside_on_the_same_terms_and_only_they_run_on_resume(tiny, finished, tmp_path):

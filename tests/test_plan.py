@@ -150,3 +150,23 @@ def test_pruned_model_shares_no_tensor_with_the_input(family):
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     if model.config.tie_word_embeddings:
         assert out.get_input_embeddings().weight is out.get_output_embeddings().weight
+
+
+def test_shares_set_each_groups_share_of_the_cut(llama):
+    model, groups = llama
+    sal = sg.compute_saliency(model, groups, "magnitude")
+    removed = {r.group: len(r.channels) for r in sg.plan_by_saliency(
+        model, groups, sal, 0.1, kinds=["ffn"], shares={"ffn.L0": 2.0, "ffn.L1": 1.0}).removals}
+    assert abs(removed["ffn.L0"] - 2 * removed["ffn.L1"]) <= 1 and removed["ffn.L1"] > 0
+    plan = sg.plan_by_saliency(model, groups, sal, 0.1, kinds=["ffn"], shares={"ffn.L0": 0.0})
+    assert [r.group for r in plan.removals] == ["ffn.L1"]
+    assert 1 - sg.count_params(sg.apply_plan(model, plan)) / sg.count_params(model) >= 0.1
+
+
+def test_bad_or_unreachable_shares_are_refused(llama):
+    model, groups = llama
+    sal = sg.compute_saliency(model, groups, "magnitude")
+    with pytest.raises(sg.PlanError, match="shares must be finite numbers >= 0"):
+        sg.plan_by_saliency(model, groups, sal, 0.1, kinds=["ffn"], shares={"ffn.L0": -1.0})
+    with pytest.raises(sg.PlanError, match="cannot be reached with these shares: at most 0.0000"):
+        sg.plan_by_saliency(model, groups, sal, 0.1, kinds=["ffn"], shares={"ffn.L0": 0, "ffn.L1": 0})
