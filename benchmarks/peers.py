@@ -1,7 +1,16 @@
 """shear-graph against Torch-Pruning, side by side, on this machine (issue 7).
 
     .venv/bin/python benchmarks/peers.py graph      # dependency structure and time to a pruned model
+    .venv/bin/python benchmarks/peers.py quality 0.2 [--general-text] [--layer-shares knowledge]
+                                                    # perplexity, zero-shot and tokens/s, peers beside (about 1 h)
+    .venv/bin/python benchmarks/peers.py speed 0.2 [--general-text] [--layer-shares knowledge]
+                                                    # tokens/s of a finished quality run's models, interleaved
     .venv/bin/python benchmarks/peers.py report     # benchmarks/RESULTS.md from benchmarks/results/*.json
+
+``quality`` needs the zero-shot task folder (``SHEAR_GRAPH_EVAL_DATA``; README,
+"Evaluation data") and the Debian packages ``dict-devil`` (the out-of-domain
+Devil's Dictionary column) and, with ``--general-text``, ``fortunes``. Its stage
+models and HTML report stay under ``benchmarks/work/`` (not in git).
 
 Each measurement runs in its own child process, so peak RSS figures do not mix;
 results land in ``benchmarks/results/<part>.json`` and ``report`` renders them.
@@ -257,12 +266,18 @@ def part_quality(ratio: float, smoke: bool = False, general_text: bool = False, 
             "seconds": result.seconds, "report": str(out / "report.html")}
 
 
+def _flags(general_text: bool, layer_shares: str = "uniform", smoke: bool = False) -> str:
+    """The command-line flags of a quality or speed variant."""
+    return ((" --general-text" if general_text else "") + (f" --layer-shares {layer_shares}"
+            if layer_shares != "uniform" else "") + (" --smoke" if smoke else ""))
+
+
 def _quality_name(ratio: float, smoke: bool, general_text: bool, layer_shares: str = "uniform") -> str:
     variant = "" if layer_shares == "uniform" else f"_{layer_shares}"
     return f"quality_{ratio}{'_general' if general_text else ''}{variant}{'_smoke' if smoke else ''}"
 
 
-def part_speed(ratio: float, general_text: bool = False, rounds: int = 5) -> dict:
+def part_speed(ratio: float, general_text: bool = False, layer_shares: str = "uniform", rounds: int = 5) -> dict:
     """Forward tokens/s (batch 1 x 512) of the dense model and of every pruned
     model of a finished quality run, in one process started on idle cores.
 
@@ -283,10 +298,10 @@ def part_speed(ratio: float, general_text: bool = False, rounds: int = 5) -> dic
     from shear_graph.default_model import load_default_model
     from shear_graph.pipeline import tokens_per_second
 
-    work = HERE / "work" / _quality_name(ratio, False, general_text) / ".work"
+    work = HERE / "work" / _quality_name(ratio, False, general_text, layer_shares) / ".work"
     if not (work / "lhspg_recovered").is_dir():
         raise SystemExit(f"no finished quality run in {work.parent}: run `peers.py quality {ratio}"
-                         f"{' --general-text' if general_text else ''}` first (it keeps its stage models)")
+                         f"{_flags(general_text, layer_shares)}` first (it keeps its stage models)")
     dense = load_default_model()[0]
     models = {"dense": dense}
     models.update({stage: sg.load_pruned(work / stage) for stage in ("lhspg_recovered", "baseline_recovered")
@@ -300,7 +315,8 @@ def part_speed(ratio: float, general_text: bool = False, rounds: int = 5) -> dic
     for _ in range(rounds):
         for name, model in models.items():
             times[name].append(round(tokens_per_second(model), 1))
-    return {"ratio": ratio, "general_text": general_text, "load_average_at_start": load, "rounds": rounds,
+    return {"ratio": ratio, "general_text": general_text, "layer_shares": layer_shares,
+            "load_average_at_start": load, "rounds": rounds,
             "rows": {name: {"params": _n_params(m), "tokens_per_s": statistics.median(times[name]),
                             "per_round": times[name]} for name, m in models.items()}}
 
@@ -434,7 +450,7 @@ def _load_note(part: dict) -> str:
 
 LABELS = {"dense": "dense", "lhspg": "shear-graph LoRAShear (LHSPG)", "baseline": "shear-graph one-shot Taylor",
           "sg_magnitude": "shear-graph one-shot magnitude", "tp_magnitude": "Torch-Pruning magnitude (its LLM example)",
-          "llm_pruner_taylor": "LLM-Pruner-style Taylor (Torch-Pruning, layers 4..N-2)",
+          "llm_pruner_taylor": "LLM-Pruner-style Taylor (Torch-Pruning; layers 0-3 and the last two whole)",
           "dense_reference": "dense, not pruned (a ceiling)"}
 
 
@@ -459,12 +475,12 @@ def _quality_section(q: dict) -> list:
     general = q.get("general_text", False)
     trained = ", ".join(q.get("training_domains", ["python_docs", "python_code"]))
     shares = q["settings"].get("layer_shares", "uniform")
-    flags = (" --general-text" if general else "") + (f" --layer-shares {shares}" if shares != "uniform" else "") \
-        + (" --smoke" if q["smoke"] else "")
+    flags = _flags(general, shares, q["smoke"])
+    data = "SHEAR_GRAPH_EVAL_DATA=<task folder> "
     title = f", LoRAShear with per-layer shares ({shares})" if shares != "uniform" else ""
     lines = [f"## Quality and speed at {q['ratio']:.0%} of the parameters removed, trained on {trained}{title}{smoke}",
              "",
-             f"Command: `.venv/bin/python benchmarks/peers.py quality {q['ratio']}{flags}`"
+             f"Command: `{data}.venv/bin/python benchmarks/peers.py quality {q['ratio']}{flags}`"
              f" ({q['date']}; {env['machine']}; torch {env['torch']}, torch-pruning {env['torch-pruning']}). "
              f"{_load_note(q)} "
              f"One `sg.prune` run with the peers beside it: the same evaluation blocks ({q['settings']['n_eval']} "
@@ -485,14 +501,16 @@ def _quality_section(q: dict) -> list:
         lines.append(f"| {LABELS.get(method, method)} | {recovered} | {row['params'] / 1e6:.1f} | {ppl} | {zs} | "
                      f"{row['tokens_per_s']:.0f} |")
     analysis = [line for paragraph in q.get("analysis", []) for line in ("", paragraph)]
-    return lines + ["", *_floors(stages, domains), *analysis, "", f"Report with every curve: `{q['report']}`.", ""]
+    report = q["report"].split("benchmarks/", 1)[-1]
+    return lines + ["", *_floors(stages, domains), *analysis, "",
+                    f"The run's HTML report, with every curve, is left in `benchmarks/{report}` (not in git).", ""]
 
 
 def _speed_section(sp: dict) -> list:
     """The speed floor on a separate pass over the quality run's models (:func:`part_speed`)."""
     rows = sp["rows"]
     dense = rows["dense"]
-    flags = " --general-text" if sp.get("general_text") else ""
+    flags = _flags(sp.get("general_text", False), sp.get("layer_shares", "uniform"))
     lines = [f"Speed measured apart (`.venv/bin/python benchmarks/peers.py speed {sp['ratio']}{flags}`, {sp['date']}; "
              f"load average at start {sp['load_average_at_start']:.2f}): the dense model and every pruned model "
              f"timed in turn, {sp['rounds']} rounds, each a median of 5 forwards of 1 x 512 tokens; the row is the "
@@ -549,21 +567,29 @@ def main(argv=None) -> None:
                              "Python docs and code, and add the dense model through the same recovery")
     args = parser.parse_args(argv)
     if args.part == "child":
+        if not args.args or args.args[0] not in CHILDREN:
+            parser.error(f"child needs a tool ({', '.join(CHILDREN)}) and its arguments")
         print(json.dumps(CHILDREN[args.args[0]](*args.args[1:])))
         return
+    try:
+        ratios = [float(r) for r in args.args] or [0.2, 0.5]
+    except ValueError:
+        parser.error(f"ratios are numbers between 0 and 1, got {args.args}")
     RESULTS.mkdir(exist_ok=True)
     stamp = {"date": time.strftime("%Y-%m-%d"), "environment": environment()}
     if args.part == "graph":
         (RESULTS / "graph.json").write_text(json.dumps({**stamp, **part_graph()}, indent=1))
     if args.part == "quality":
-        for ratio in [float(r) for r in args.args] or [0.2, 0.5]:
+        for ratio in ratios:
             name = _quality_name(ratio, args.smoke, args.general_text, args.layer_shares) + ".json"
             part = part_quality(ratio, args.smoke, args.general_text, args.layer_shares)
             (RESULTS / name).write_text(json.dumps({**stamp, **part}, indent=1))
     if args.part == "speed":
-        for ratio in [float(r) for r in args.args] or [0.2, 0.5]:
-            name = "speed_" + _quality_name(ratio, False, args.general_text).removeprefix("quality_") + ".json"
-            (RESULTS / name).write_text(json.dumps({**stamp, **part_speed(ratio, args.general_text)}, indent=1))
+        for ratio in ratios:
+            quality = _quality_name(ratio, False, args.general_text, args.layer_shares)
+            part = part_speed(ratio, args.general_text, args.layer_shares)
+            (RESULTS / ("speed_" + quality.removeprefix("quality_") + ".json")).write_text(
+                json.dumps({**stamp, **part}, indent=1))
     print(write_report())
 
 

@@ -86,18 +86,21 @@ class KnowledgeMap:
         return sum(c.loss_delta <= 0 for c in self.clusters)
 
     def prune_shares(self) -> dict:
-        """Per-layer shares for :func:`~shear_graph.plan.plan_by_saliency`: the
-        prunable clusters that lost less when masked lose more channels.
+        """Shares of the cut for :func:`~shear_graph.plan.plan_by_saliency`, one
+        per group: groups of prunable clusters whose masking cost less lose more
+        channels.
 
-        For a prunable cluster with loss delta ``d`` (negative counts as 0) and
-        ``m`` the median delta of the prunable clusters of its kind, every group
-        of the cluster gets the share ``2 m / (d + m)``: the median keeps the
-        uniform share, a cluster whose masking cost nothing loses twice it, one
-        at three times the median half of it. Bounded in (0, 2], so a noisy
-        delta from a few probe blocks cannot strip a layer. This is shear-graph's
-        extension of the analysis (LoRAShear, Sec. 3.2, only marks unprunable
-        clusters), in the spirit of non-uniform layer-wise ratios (OWL, Yin et
-        al. 2023). A kind whose median delta is 0 gets shares of 1.
+        For a prunable cluster (one kind in one layer) with loss delta ``d``
+        (negative counts as 0) and ``m`` the median delta of the prunable
+        clusters of its kind, each of its groups gets ``2 m / (d + m)``, clipped
+        to [0.25, 2]: a cluster at the median gets 1, one whose masking cost
+        nothing 2, one at three times the median 0.5. The plan scales all shares
+        by one fraction found to reach the ratio, so 1 is the share of a typical
+        cluster rather than exactly the uniform plan's. The clip keeps a noisy
+        delta from a few probe blocks from stripping or freezing a layer. This
+        is shear-graph's extension of the analysis (LoRAShear, Sec. 3.2, only
+        marks unprunable clusters), in the spirit of non-uniform layer-wise
+        ratios (OWL, Yin et al. 2023). A kind whose median delta is 0 gets 1.
 
         Returns
         -------
@@ -113,7 +116,8 @@ class KnowledgeMap:
             deltas = [max(c.loss_delta, 0.0) for c in members]
             m = float(np.median(deltas))
             for c, d in zip(members, deltas):
-                shares.update({g: (2 * m / (d + m) if m > 0 else 1.0) for g in c.removed})
+                share = min(max(2 * m / (d + m), 0.25), 2.0) if m > 0 else 1.0
+                shares.update({g: share for g in c.removed})
         return shares
 
     def cluster_plan(self, model: nn.Module, groups: list, cluster_id: str) -> PrunePlan:

@@ -276,6 +276,9 @@ def check_reachable(model: torch.nn.Module, groups: list, ratio: float, kinds=No
         )
 
 
+MIN_SHARE = 1e-3  # a positive share below it would need an unbounded search; 0 leaves a group whole
+
+
 def plan_by_saliency(model: torch.nn.Module, groups: list, saliency, ratio: float, kinds=None,
                      exclude=(), shares: dict | None = None) -> PrunePlan:
     """Remove ``ratio`` of the model's parameters, lowest-saliency channels first.
@@ -314,7 +317,7 @@ def plan_by_saliency(model: torch.nn.Module, groups: list, saliency, ratio: floa
     excluded = set(getattr(exclude, "unprunable_groups", exclude))
     chosen = [g for g in groups if (kinds is None or g.kind in kinds) and g.id not in excluded]
     order = {g.id: np.argsort(saliency.scores[g.id], kind="stable").tolist() for g in chosen}
-    share = _check_shares(shares or {}, chosen)
+    share = _check_shares({} if shares is None else shares, groups, chosen)
     total = count_params(model)
     method = f"{saliency.method}(ratio={ratio}{', shares' if shares else ''})"
 
@@ -333,7 +336,7 @@ def plan_by_saliency(model: torch.nn.Module, groups: list, saliency, ratio: floa
         raise PlanError(f"ratio {ratio} cannot be reached with these shares: at most {removed(plan_at(hi)):.4f} "
                         "(a share of 0 leaves its group whole); give the groups larger shares or a smaller ratio")
     lo = 0.0
-    for _ in range(30):
+    for _ in range(30 + math.ceil(math.log2(hi))):  # the same precision whatever the smallest share
         mid = (lo + hi) / 2
         if removed(plan_at(mid)) >= ratio:
             hi = mid
@@ -342,14 +345,23 @@ def plan_by_saliency(model: torch.nn.Module, groups: list, saliency, ratio: floa
     return plan_at(hi)
 
 
-def _check_shares(shares: dict, chosen: list) -> dict:
+def _check_shares(shares: dict, groups: list, chosen: list) -> dict:
     if not isinstance(shares, dict):
         raise PlanError(f"shares must be a dict of group id -> share, got {type(shares).__name__}")
-    bad = {k: v for k, v in shares.items()
-           if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v) or v < 0}
+    unknown = sorted(set(shares) - {g.id for g in groups})
+    if unknown:
+        raise PlanError(f"shares name groups this model does not have: {unknown[:5]}; group ids are like "
+                        f"{[g.id for g in groups[:3]]}")
+    values = {}
+    for k, v in shares.items():
+        try:
+            values[k] = float(v)
+        except (TypeError, ValueError):
+            raise PlanError(f"shares must be numbers; {k!r} has {v!r}") from None
+    bad = {k: v for k, v in values.items() if not math.isfinite(v) or v < 0 or 0 < v < MIN_SHARE}
     if bad:
-        raise PlanError(f"shares must be finite numbers >= 0; got {bad}")
-    return {g.id: float(shares.get(g.id, 1.0)) for g in chosen}
+        raise PlanError(f"shares must be 0 (leave the group whole) or finite numbers from {MIN_SHARE:g}; got {bad}")
+    return {g.id: values.get(g.id, 1.0) for g in chosen}
 
 
 def plan_by_magnitude(model: torch.nn.Module, groups: list, ratio: float, kinds=None, exclude=()) -> PrunePlan:

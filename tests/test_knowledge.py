@@ -110,12 +110,13 @@ def test_prune_shares_give_cheap_clusters_more_of_the_cut():
 
     km = sg.KnowledgeMap("LlamaForCausalLM", "f", "taylor", 0.25, 0.2, 1.0, [
         cluster("ffn.L0", "ffn", 0.5, unprunable=True), cluster("ffn.L1", "ffn", 0.02),
-        cluster("ffn.L2", "ffn", 0.01), cluster("ffn.L3", "ffn", -0.03),
+        cluster("ffn.L2", "ffn", 0.01), cluster("ffn.L3", "ffn", -0.03), cluster("ffn.L4", "ffn", 0.5),
         cluster("attention_head.L1", "attention_head", 0.0), cluster("attention_head.L2", "attention_head", 0.0)])
     shares = km.prune_shares()
     assert "ffn.L0" not in shares  # unprunable: whole
-    m = 0.01  # median of the prunable FFN deltas (0.02, 0.01, 0)
+    m = 0.015  # median of the prunable FFN deltas (0.02, 0.01, 0, 0.5)
     assert shares["ffn.L1"] == pytest.approx(2 * m / (0.02 + m))
-    assert shares["ffn.L2"] == pytest.approx(1.0)
+    assert shares["ffn.L2"] == pytest.approx(2 * m / (0.01 + m))
     assert shares["ffn.L3"] == pytest.approx(2.0)  # masking lowered the loss: counts as 0
+    assert shares["ffn.L4"] == 0.25  # 2m / (d + m) = 0.06, clipped: a noisy delta cannot freeze a layer
     assert shares["attention_head.L1"] == shares["attention_head.L2"] == 1.0  # median 0: uniform

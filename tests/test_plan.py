@@ -163,10 +163,25 @@ def test_shares_set_each_groups_share_of_the_cut(llama):
     assert 1 - sg.count_params(sg.apply_plan(model, plan)) / sg.count_params(model) >= 0.1
 
 
+def test_small_shares_still_reach_the_ratio_closely(llama):
+    model, groups = llama
+    sal = sg.compute_saliency(model, groups, "magnitude")
+    plan = sg.plan_by_saliency(model, groups, sal, 0.2, kinds=["ffn"], shares={"ffn.L0": 1e-3, "ffn.L1": np.float32(1)})
+    removed = 1 - sg.count_params(sg.apply_plan(model, plan)) / sg.count_params(model)
+    assert 0.2 <= removed < 0.21
+
+
 def test_bad_or_unreachable_shares_are_refused(llama):
     model, groups = llama
     sal = sg.compute_saliency(model, groups, "magnitude")
-    with pytest.raises(sg.PlanError, match="shares must be finite numbers >= 0"):
-        sg.plan_by_saliency(model, groups, sal, 0.1, kinds=["ffn"], shares={"ffn.L0": -1.0})
+    for bad in (-1.0, float("nan"), 1e-9):
+        with pytest.raises(sg.PlanError, match="shares must be 0 .* or finite numbers from 0.001"):
+            sg.plan_by_saliency(model, groups, sal, 0.1, kinds=["ffn"], shares={"ffn.L0": bad})
+    with pytest.raises(sg.PlanError, match="shares must be numbers; 'ffn.L0' has 'x'"):
+        sg.plan_by_saliency(model, groups, sal, 0.1, kinds=["ffn"], shares={"ffn.L0": "x"})
+    with pytest.raises(sg.PlanError, match=r"shares must be a dict"):
+        sg.plan_by_saliency(model, groups, sal, 0.1, kinds=["ffn"], shares=[1, 2])
+    with pytest.raises(sg.PlanError, match=r"shares name groups this model does not have: \['ffn.L9'\]"):
+        sg.plan_by_saliency(model, groups, sal, 0.1, kinds=["ffn"], shares={"ffn.L9": 1.0})
     with pytest.raises(sg.PlanError, match="cannot be reached with these shares: at most 0.0000"):
         sg.plan_by_saliency(model, groups, sal, 0.1, kinds=["ffn"], shares={"ffn.L0": 0, "ffn.L1": 0})
