@@ -514,14 +514,15 @@ def _speed_section(sp: dict) -> list:
     lines = [f"Speed measured apart (`.venv/bin/python benchmarks/peers.py speed {sp['ratio']}{flags}`, {sp['date']}; "
              f"load average at start {sp['load_average_at_start']:.2f}): the dense model and every pruned model "
              f"timed in turn, {sp['rounds']} rounds, each a median of 5 forwards of 1 x 512 tokens; the row is the "
-             "median over rounds. The floor is 0.9 x dense params / params x dense tokens/s.", "",
+             "median over rounds. The floor is 0.9 x (dense params / params) x dense tokens/s.", "",
              "| model | params (M) | tokens/s | x dense | floor | |", "|---|---|---|---|---|---|"]
     for name, row in rows.items():
         method = name.rpartition("_")[0] or name
         floor = 0.9 * dense["params"] / row["params"] * dense["tokens_per_s"]
         verdict = "" if name == "dense" else ("met" if row["tokens_per_s"] >= floor else "missed")
         lines.append(f"| {LABELS.get(method, method)} | {row['params'] / 1e6:.1f} | {row['tokens_per_s']:.0f} | "
-                     f"{row['tokens_per_s'] / dense['tokens_per_s']:.2f} | {floor:.0f} | {verdict} |")
+                     f"{row['tokens_per_s'] / dense['tokens_per_s']:.2f} | {'' if name == 'dense' else f'{floor:.0f}'} | "
+                     f"{verdict} |")
     return lines + [""]
 
 
@@ -548,8 +549,8 @@ def _floors(stages: dict, domains: list) -> list:
         floor = 0.9 * dense["params"] / row["params"] * dense["tokens_per_s"]
         if row["tokens_per_s"] < floor:
             misses.append(f"{name} {row['tokens_per_s']:.0f} < {floor:.0f}")
-    out.append("Floor, speed, on the quality run's own single measurements (tokens/s at least 0.9 x dense params / "
-               "params x dense tokens/s): "
+    out.append("Floor, speed, on the quality run's own single measurements (tokens/s at least 0.9 x (dense params / "
+               "params) x dense tokens/s): "
                + ("met by every pruned model." if not misses else "missed by " + ", ".join(misses) + "."))
     return out
 
