@@ -254,9 +254,7 @@ def part_quality(ratio: float, smoke: bool = False, general_text: bool = False, 
                            period_steps=2, final_steps=1, recovery_steps=4, update_every=2, batch_size=2,
                            lora_rank=4, eval_limit=10)
     domains = default_domains() + ([general_english()] if general_text else [])
-    peers = {**PEERS, "dense_reference": dense_reference} if general_text else dict(PEERS)
-    if alone:
-        peers = {}
+    peers = {} if alone else {**PEERS, **({"dense_reference": dense_reference} if general_text else {})}
     model, tok = load_default_model(n_layers=8 if smoke else None)
     out = HERE / "work" / _quality_name(ratio, smoke, general_text, layer_shares)
     result = sg.prune(model, tok, out=out, settings=settings, resume=out.exists(), peers=peers, domains=domains,

@@ -332,8 +332,9 @@ def plan_by_saliency(model: torch.nn.Module, groups: list, saliency, ratio: floa
     check_reachable(model, groups, ratio, kinds, exclude)
     positive = [v for v in share.values() if v > 0]
     hi = 1.0 / min(positive) if positive else 1.0  # every group with a share can reach its limit
-    if removed(plan_at(hi)) < ratio:
-        raise PlanError(f"ratio {ratio} cannot be reached with these shares: at most {removed(plan_at(hi)):.4f} "
+    most = removed(plan_at(hi))
+    if most < ratio:
+        raise PlanError(f"ratio {ratio} cannot be reached with these shares: at most {most:.4f} "
                         "(a share of 0 leaves its group whole); give the groups larger shares or a smaller ratio")
     lo = 0.0
     for _ in range(30 + math.ceil(math.log2(hi))):  # the same precision whatever the smallest share
