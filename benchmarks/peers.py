@@ -226,17 +226,20 @@ def general_english(max_chars: int = 600_000, seed: int = 0):
     return Domain("general_english", ["\n\n".join(entries)[:max_chars]], f"debian:fortunes ({len(files)} files)")
 
 
-def part_quality(ratio: float, smoke: bool = False, general_text: bool = False, layer_shares: str = "uniform") -> dict:
+def part_quality(ratio: float, smoke: bool = False, general_text: bool = False, layer_shares: str = "uniform",
+                 distill: float = 0.0) -> dict:
     """LoRAShear (``sg.prune``, with its Taylor baseline) and the peers, at one
     ratio, in one run: same data split, evaluation blocks (Python docs, stdlib
     code, Devil's Dictionary, WikiText-2 test), zero-shot items, recovery budget.
 
     ``general_text`` adds :func:`general_english` to the training mixture (calibration,
     LHSPG and recovery of every method) and a dense model through the same recovery.
-    ``layer_shares="knowledge"`` runs LoRAShear alone with per-layer shares from the
-    knowledge analysis (:meth:`~shear_graph.KnowledgeMap.prune_shares`); the report
-    sets its rows beside the peers of the uniform run, whose split and evaluation
-    blocks are the same (the run is seeded; the report checks the dense rows agree)."""
+    ``layer_shares="knowledge"`` (per-layer shares from the knowledge analysis,
+    :meth:`~shear_graph.KnowledgeMap.prune_shares`) or ``distill > 0`` (LHSPG's loss
+    with that weight of distillation from the dense model) runs LoRAShear alone; the
+    report sets its rows beside the peers of the base run (uniform shares, no
+    distillation), whose split and evaluation blocks are the same (the run is seeded;
+    the report checks the dense rows agree)."""
     import shear_graph as sg
     from shear_graph.data import Domain, default_domains
     from shear_graph.default_model import load_default_model
@@ -247,8 +250,9 @@ def part_quality(ratio: float, smoke: bool = False, general_text: bool = False, 
     wiki = data_dir(None) / "wikitext2" / "wiki.test.raw"
     eval_domains = [d for d in [out_of_domain_text()] if d is not None]
     eval_domains.append(Domain("wikitext2_test", [wiki.read_text()], str(wiki)))
-    alone = layer_shares != "uniform"
-    settings = sg.PruneSettings(ratio=ratio, n_eval=16, layer_shares=layer_shares, baseline=None if alone else "taylor")
+    alone = layer_shares != "uniform" or distill > 0
+    settings = sg.PruneSettings(ratio=ratio, n_eval=16, layer_shares=layer_shares, distill=distill,
+                                baseline=None if alone else "taylor")
     if smoke:
         settings = replace(settings, block_len=32, n_eval=2, n_probe=2, n_train=12, warmup_steps=1, n_periods=2,
                            period_steps=2, final_steps=1, recovery_steps=4, update_every=2, batch_size=2,
@@ -256,7 +260,7 @@ def part_quality(ratio: float, smoke: bool = False, general_text: bool = False, 
     domains = default_domains() + ([general_english()] if general_text else [])
     peers = {} if alone else {**PEERS, **({"dense_reference": dense_reference} if general_text else {})}
     model, tok = load_default_model(n_layers=8 if smoke else None)
-    out = HERE / "work" / _quality_name(ratio, smoke, general_text, layer_shares)
+    out = HERE / "work" / _quality_name(ratio, smoke, general_text, layer_shares, distill)
     result = sg.prune(model, tok, out=out, settings=settings, resume=out.exists(), peers=peers, domains=domains,
                       eval_domains=eval_domains, report=write_prune_report, keep_work=True)
     return {"ratio": ratio, "smoke": smoke, "general_text": general_text, "settings": result.settings,
@@ -264,18 +268,21 @@ def part_quality(ratio: float, smoke: bool = False, general_text: bool = False, 
             "seconds": result.seconds, "report": str(out / "report.html")}
 
 
-def _flags(general_text: bool, layer_shares: str = "uniform", smoke: bool = False) -> str:
+def _flags(general_text: bool, layer_shares: str = "uniform", smoke: bool = False, distill: float = 0.0) -> str:
     """The command-line flags of a quality or speed variant."""
     return ((" --general-text" if general_text else "") + (f" --layer-shares {layer_shares}"
-            if layer_shares != "uniform" else "") + (" --smoke" if smoke else ""))
+            if layer_shares != "uniform" else "") + (f" --distill {distill}" if distill else "")
+            + (" --smoke" if smoke else ""))
 
 
-def _quality_name(ratio: float, smoke: bool, general_text: bool, layer_shares: str = "uniform") -> str:
-    variant = "" if layer_shares == "uniform" else f"_{layer_shares}"
+def _quality_name(ratio: float, smoke: bool, general_text: bool, layer_shares: str = "uniform",
+                  distill: float = 0.0) -> str:
+    variant = ("" if layer_shares == "uniform" else f"_{layer_shares}") + (f"_distill{distill}" if distill else "")
     return f"quality_{ratio}{'_general' if general_text else ''}{variant}{'_smoke' if smoke else ''}"
 
 
-def part_speed(ratio: float, general_text: bool = False, layer_shares: str = "uniform", rounds: int = 5) -> dict:
+def part_speed(ratio: float, general_text: bool = False, layer_shares: str = "uniform", distill: float = 0.0,
+               rounds: int = 5) -> dict:
     """Forward tokens/s (batch 1 x 512) of the dense model and of every pruned
     model of a finished quality run, in one process started on idle cores.
 
@@ -296,10 +303,10 @@ def part_speed(ratio: float, general_text: bool = False, layer_shares: str = "un
     from shear_graph.default_model import load_default_model
     from shear_graph.pipeline import tokens_per_second
 
-    work = HERE / "work" / _quality_name(ratio, False, general_text, layer_shares) / ".work"
+    work = HERE / "work" / _quality_name(ratio, False, general_text, layer_shares, distill) / ".work"
     if not (work / "lhspg_recovered").is_dir():
         raise SystemExit(f"no finished quality run in {work.parent}: run `peers.py quality {ratio}"
-                         f"{_flags(general_text, layer_shares)}` first (it keeps its stage models)")
+                         f"{_flags(general_text, layer_shares, distill=distill)}` first (it keeps its stage models)")
     dense = load_default_model()[0]
     models = {"dense": dense}
     models.update({stage: sg.load_pruned(work / stage) for stage in ("lhspg_recovered", "baseline_recovered")
@@ -313,7 +320,7 @@ def part_speed(ratio: float, general_text: bool = False, layer_shares: str = "un
     for _ in range(rounds):
         for name, model in models.items():
             times[name].append(round(tokens_per_second(model), 1))
-    return {"ratio": ratio, "general_text": general_text, "layer_shares": layer_shares,
+    return {"ratio": ratio, "general_text": general_text, "layer_shares": layer_shares, "distill": distill,
             "load_average_at_start": load, "rounds": rounds,
             "rows": {name: {"params": _n_params(m), "tokens_per_s": statistics.median(times[name]),
                             "per_round": times[name]} for name, m in models.items()}}
@@ -409,8 +416,8 @@ def write_report() -> Path:
                   *[f"    {line}" for line in g["meta_scale"]], ""]
     for name, q in parts.items():
         if name.startswith("quality_"):
-            shares = q["settings"].get("layer_shares", "uniform")
-            base = parts.get(name.replace(f"_{shares}", "")) if shares != "uniform" else None
+            base_name = _quality_name(q["ratio"], q["smoke"], q.get("general_text", False))
+            base = parts.get(base_name) if base_name != name else None
             lines += _quality_section(_beside_base(q, base) if base else q)
             speed = parts.get("speed_" + name.removeprefix("quality_"))
             lines += _speed_section(speed) if speed else []
@@ -456,13 +463,21 @@ def _beside_base(q: dict, base: dict) -> dict:
     """A LoRAShear-only variant run with the other rows of its uniform run (same
     seeded split and evaluation blocks), and a note saying so."""
     same = q["stages"]["dense"]["perplexity"] == base["stages"]["dense"]["perplexity"]
-    note = (f"LoRAShear rows from this run (layer_shares={q['settings']['layer_shares']}); every other row from the "
-            "uniform run above" + (", whose dense perplexities are the same to the last digit (same split, same "
+    note = (f"LoRAShear rows from this run ({_variant(q['settings'])}); every other row from the "
+            "base run above" + (", whose dense perplexities are the same to the last digit (same split, same "
                                    "evaluation blocks)." if same else
                                    ". WARNING: the dense rows differ, so the runs did not share a split."))
     stages = {"dense": base["stages"]["dense"], **{k: v for k, v in q["stages"].items() if k.startswith("lhspg")},
               **{k: v for k, v in base["stages"].items() if not k.startswith(("lhspg", "dense"))}}
     return {**q, "stages": stages, "note": " ".join(filter(None, [q.get("note"), note]))}
+
+
+def _variant(settings: dict) -> str:
+    """LoRAShear's settings that differ from the base run's, in words ('' for none)."""
+    shares, distill = settings.get("layer_shares", "uniform"), settings.get("distill", 0)
+    return " and ".join(filter(None, [f"per-layer shares ({shares})" if shares != "uniform" else "",
+                                      f"distillation from the dense model in LHSPG (weight {distill})"
+                                      if distill else ""]))
 
 
 def _quality_section(q: dict) -> list:
@@ -472,10 +487,9 @@ def _quality_section(q: dict) -> list:
     smoke = " (smoke setting: an 8-layer cut, tiny settings; not a measurement)" if q["smoke"] else ""
     general = q.get("general_text", False)
     trained = ", ".join(q.get("training_domains", ["python_docs", "python_code"]))
-    shares = q["settings"].get("layer_shares", "uniform")
-    flags = _flags(general, shares, q["smoke"])
+    flags = _flags(general, q["settings"].get("layer_shares", "uniform"), q["smoke"], q["settings"].get("distill", 0))
     data = "SHEAR_GRAPH_EVAL_DATA=<task folder> "
-    title = f", LoRAShear with per-layer shares ({shares})" if shares != "uniform" else ""
+    title = f", LoRAShear with {_variant(q['settings'])}" if _variant(q["settings"]) else ""
     lines = [f"## Quality and speed at {q['ratio']:.0%} of the parameters removed, trained on {trained}{title}{smoke}",
              "",
              f"Command: `{data}.venv/bin/python benchmarks/peers.py quality {q['ratio']}{flags}`"
@@ -508,7 +522,7 @@ def _speed_section(sp: dict) -> list:
     """The speed floor on a separate pass over the quality run's models (:func:`part_speed`)."""
     rows = sp["rows"]
     dense = rows["dense"]
-    flags = _flags(sp.get("general_text", False), sp.get("layer_shares", "uniform"))
+    flags = _flags(sp.get("general_text", False), sp.get("layer_shares", "uniform"), distill=sp.get("distill", 0))
     lines = [f"Speed measured apart (`.venv/bin/python benchmarks/peers.py speed {sp['ratio']}{flags}`, {sp['date']}; "
              f"load average at start {sp['load_average_at_start']:.2f}): the dense model and every pruned model "
              f"timed in turn, {sp['rounds']} rounds, each a median of 5 forwards of 1 x 512 tokens; the row is the "
@@ -564,7 +578,12 @@ def main(argv=None) -> None:
     parser.add_argument("--general-text", action="store_true",
                         help="quality: train every method on general English (Debian fortunes) beside the default "
                              "Python docs and code, and add the dense model through the same recovery")
+    parser.add_argument("--distill", type=float, default=0.0,
+                        help="quality: LoRAShear alone with this weight (0 to 1) of distillation from the dense model "
+                             "in LHSPG's loss, set beside the peers of the run without it")
     args = parser.parse_args(argv)
+    if not 0 <= args.distill <= 1:
+        parser.error(f"--distill is a weight from 0 to 1, got {args.distill}")
     if args.part == "child":
         if not args.args or args.args[0] not in CHILDREN:
             parser.error(f"child needs a tool ({', '.join(CHILDREN)}) and its arguments")
@@ -580,13 +599,13 @@ def main(argv=None) -> None:
         (RESULTS / "graph.json").write_text(json.dumps({**stamp, **part_graph()}, indent=1))
     if args.part == "quality":
         for ratio in ratios:
-            name = _quality_name(ratio, args.smoke, args.general_text, args.layer_shares) + ".json"
-            part = part_quality(ratio, args.smoke, args.general_text, args.layer_shares)
+            name = _quality_name(ratio, args.smoke, args.general_text, args.layer_shares, args.distill) + ".json"
+            part = part_quality(ratio, args.smoke, args.general_text, args.layer_shares, args.distill)
             (RESULTS / name).write_text(json.dumps({**stamp, **part}, indent=1))
     if args.part == "speed":
         for ratio in ratios:
-            quality = _quality_name(ratio, False, args.general_text, args.layer_shares)
-            part = part_speed(ratio, args.general_text, args.layer_shares)
+            quality = _quality_name(ratio, False, args.general_text, args.layer_shares, args.distill)
+            part = part_speed(ratio, args.general_text, args.layer_shares, args.distill)
             (RESULTS / ("speed_" + quality.removeprefix("quality_") + ".json")).write_text(
                 json.dumps({**stamp, **part}, indent=1))
     print(write_report())

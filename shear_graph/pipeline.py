@@ -23,6 +23,7 @@ from torch import nn
 
 from .checkpoint import load_pruned, save_pruned
 from .data import DataError, Domain, check_tokenizer, default_domains, make_blocks
+from .distill import check_distill
 from .errors import CheckpointError, EvalDataError, PlanError, ShearGraphError
 from .groups import find_groups
 from .knowledge import KnowledgeMap, analyze_knowledge, check_analysis_settings, held_out_loss
@@ -66,6 +67,7 @@ class PruneSettings:
     period_steps: int = 30
     final_steps: int = 30
     lhspg_lr: float = 5e-4
+    distill: float = 0.0  # weight of KL to the dense model in LHSPG's loss (shear_graph.distill)
     recovery_steps: int = 200
     recovery_lr: float = 5e-4
     update_every: int = 25
@@ -103,6 +105,7 @@ class PruneSettings:
         if self.eval_limit is not None and self.eval_limit < 1:
             raise ShearGraphError(f"eval_limit must be at least 1 (or None for every item), got {self.eval_limit}")
         check_analysis_settings(self.fraction, self.unprunable_ratio)
+        check_distill(self.distill)
 
 
 @dataclass
@@ -461,7 +464,7 @@ def prune(model: nn.Module | None = None, tokenizer=None, *, out, settings: Prun
             model, train_all, settings.ratio, knowledge=km, kinds=settings.kinds, saliency=settings.saliency,
             shares=km.prune_shares() if settings.layer_shares == "knowledge" else None,
             warmup_steps=settings.warmup_steps, n_periods=settings.n_periods, period_steps=settings.period_steps,
-            final_steps=settings.final_steps, batch_size=settings.batch_size, lr=settings.lhspg_lr,
+            final_steps=settings.final_steps, batch_size=settings.batch_size, lr=settings.lhspg_lr, distill=settings.distill,
             lora_rank=settings.lora_rank, lora_alpha=settings.lora_alpha, seed=settings.seed, device=device,
             dtype=dtype, checkpoint_dir=work.dir / "lhspg", progress=progress))
         pruned = timed("apply plan", lambda: apply_plan(result.model, result.plan))

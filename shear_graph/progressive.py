@@ -14,6 +14,7 @@ import json
 import math
 import os
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,6 +24,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .adapters import add_lora
+from .distill import check_distill, distill_loss, frozen_teacher, teacher_logits
 from .errors import ShearGraphError, TrainingError
 from .groups import find_groups
 from .lhspg import LHSPG, period_ratios
@@ -45,8 +47,9 @@ class LHSPGResult:
     plan : PrunePlan
         Removes the zero channels; made for ``model``.
     history : list of dict
-        Per step: ``step``, ``loss`` (nats per token), ``period`` (None in warm-up
-        and after), ``zero_channels``.
+        Per step: ``step``, ``loss`` (language-modelling loss, nats per token),
+        ``period`` (None in warm-up and after), ``zero_channels`` and, with
+        distillation, ``distill_kl`` (nats per token).
     periods : list of dict
         Per period: ``period``, ``ratio`` (cumulative target), ``channels`` (chosen
         so far), ``first_step``, ``last_step``.
@@ -144,8 +147,8 @@ def _load_state(path: Path, peft_model, opt: LHSPG) -> tuple:
 def lhspg_prune(model: nn.Module, blocks: torch.Tensor, ratio: float, *, knowledge=None, shares: dict | None = None,
                 kinds=("attention_head", "ffn"), saliency: str = "taylor", warmup_steps: int = 10,
                 n_periods: int = 4, period_steps: int = 20, final_steps: int = 20, batch_size: int = 4, lr: float = 3e-4,
-                lora_rank: int = 8, lora_alpha: float = 16.0, epsilon: float = 0.0, seed: int = 0,
-                device=None, dtype=None, checkpoint_dir=None, progress: bool = True) -> LHSPGResult:
+                lora_rank: int = 8, lora_alpha: float = 16.0, epsilon: float = 0.0, distill: float = 0.0,
+                seed: int = 0, device=None, dtype=None, checkpoint_dir=None, progress: bool = True) -> LHSPGResult:
     """Prune ``ratio`` of ``model``'s parameters progressively with LHSPG.
 
     The model is deep-copied (the caller's is never changed), moved to
@@ -176,6 +179,15 @@ def lhspg_prune(model: nn.Module, blocks: torch.Tensor, ratio: float, *, knowled
         Blocks per step.
     lora_rank, lora_alpha : int, float
         LoRA rank ``r`` and ``alpha`` (scaling ``alpha / r``).
+    distill : float
+        Weight ``a`` in [0, 1] of distillation from ``model`` itself (the dense
+        teacher): each step minimises ``(1 - a) * CE + a * KL(dense || pruned)``
+        per token (:func:`~shear_graph.distill.distill_loss`), so the knowledge the
+        removed groups held moves into the kept ones toward the dense model's
+        distributions rather than toward the training text alone. 0 (default):
+        the language-modelling loss only, as in LoRAShear. Costs one teacher
+        forward per step (and a copy of ``model`` when it is not already on
+        ``device``/``dtype``).
     device, dtype
         Where and in what to train (default: the model's); bf16 on GPU works,
         LoRA factors stay float32 (peft's adaptor autocast).
@@ -196,15 +208,18 @@ def lhspg_prune(model: nn.Module, blocks: torch.Tensor, ratio: float, *, knowled
         A NaN or infinite loss; the message names the step, and ``checkpoint_dir``
         keeps the last good state.
     ShearGraphError
-        ``blocks`` not an int64 tensor [n, block_len] with at least one block.
+        ``blocks`` not an int64 tensor [n, block_len] with at least one block;
+        ``distill`` not in [0, 1].
     """
     check_ratio(ratio)
+    check_distill(distill)
     if not isinstance(blocks, torch.Tensor) or blocks.dim() != 2 or blocks.dtype != torch.long or len(blocks) == 0:
         raise ShearGraphError("blocks must be a non-empty int64 tensor [n_blocks, block_len] of calibration tokens "
                               "(shear_graph.make_blocks(...).all_calib())")
     start = time.perf_counter()
     device = torch.device(device) if device is not None else next(model.parameters()).device
-    work = copy.deepcopy(model).to(device=device, dtype=dtype or next(model.parameters()).dtype)
+    dtype = dtype or next(model.parameters()).dtype
+    work = copy.deepcopy(model).to(device=device, dtype=dtype)
     torch.manual_seed(seed)
     peft_model = add_lora(work, lora_rank, lora_alpha)
     groups = find_groups(trace(peft_model))
@@ -226,31 +241,37 @@ def lhspg_prune(model: nn.Module, blocks: torch.Tensor, ratio: float, *, knowled
     boundaries = {warmup_steps + p * period_steps for p in range(n_periods + 1)} | {steps}
     peft_model.train()
     bar = tqdm(total=steps, initial=opt.schedule["step"], desc="LHSPG", unit="step", disable=not progress)
-    for step in range(opt.schedule["step"] + 1, steps + 1):
-        ids = blocks[order[step - 1]].to(device)
-        opt.zero_grad(set_to_none=True)
-        loss = peft_model(input_ids=ids, labels=ids).loss
-        value = float(loss.detach())
-        if not math.isfinite(value):
-            raise TrainingError(f"LHSPG loss is {value} at step {step}; "
-                                + (f"the last good state (step {saved_step}) is in {ckpt}"
-                                   if saved_step is not None else "no checkpoint was kept")
-                                + "; lower the learning rate", step)
-        loss.backward()
-        opt.step()
-        pos = opt.position(step)
-        history.append({"step": step, "loss": value, "period": None if pos is None else pos[0],
-                        "zero_channels": sum(len(c) for c in opt.pruned.values())})
-        if pos is not None and pos[1] == period_steps:
-            periods.append({"period": len(periods), "ratio": period_ratios(ratio, n_periods)[len(periods)],
-                            "channels": sum(len(c) for c in opt.pruned.values()),
-                            "first_step": step - period_steps + 1, "last_step": step})
-        if ckpt is not None and step in boundaries:
-            ckpt.parent.mkdir(parents=True, exist_ok=True)
-            _save_state(ckpt, peft_model, opt, history, periods)
-            saved_step = step
-        bar.update(1)
-        bar.set_postfix(loss=f"{value:.3f}", zero=history[-1]["zero_channels"])
+    with frozen_teacher(model, device, dtype) if distill else nullcontext() as teacher:
+        for step in range(opt.schedule["step"] + 1, steps + 1):
+            ids = blocks[order[step - 1]].to(device)
+            opt.zero_grad(set_to_none=True)
+            out = peft_model(input_ids=ids, labels=ids)
+            loss, value = out.loss, float(out.loss.detach())
+            if distill:
+                kd = distill_loss(out.logits, teacher_logits(teacher, ids))
+                loss = (1 - distill) * loss + distill * kd
+            total = float(loss.detach())
+            if not math.isfinite(total):
+                raise TrainingError(f"LHSPG loss is {total} at step {step}; "
+                                    + (f"the last good state (step {saved_step}) is in {ckpt}"
+                                       if saved_step is not None else "no checkpoint was kept")
+                                    + "; lower the learning rate", step)
+            loss.backward()
+            opt.step()
+            pos = opt.position(step)
+            history.append({"step": step, "loss": value, "period": None if pos is None else pos[0],
+                            "zero_channels": sum(len(c) for c in opt.pruned.values()),
+                            **({"distill_kl": float(kd.detach())} if distill else {})})
+            if pos is not None and pos[1] == period_steps:
+                periods.append({"period": len(periods), "ratio": period_ratios(ratio, n_periods)[len(periods)],
+                                "channels": sum(len(c) for c in opt.pruned.values()),
+                                "first_step": step - period_steps + 1, "last_step": step})
+            if ckpt is not None and step in boundaries:
+                ckpt.parent.mkdir(parents=True, exist_ok=True)
+                _save_state(ckpt, peft_model, opt, history, periods)
+                saved_step = step
+            bar.update(1)
+            bar.set_postfix(loss=f"{value:.3f}", zero=history[-1]["zero_channels"])
     bar.close()
     peft_model.eval()
     pruned_channels = opt.pruned
@@ -260,7 +281,7 @@ def lhspg_prune(model: nn.Module, blocks: torch.Tensor, ratio: float, *, knowled
                                    method=f"lhspg({saliency}, ratio={ratio}, periods={n_periods})")
     settings = dict(ratio=ratio, kinds=list(kinds), saliency=saliency, warmup_steps=warmup_steps,
                     n_periods=n_periods, period_steps=period_steps, final_steps=final_steps, batch_size=batch_size, lr=lr,
-                    lora_rank=lora_rank, lora_alpha=lora_alpha, epsilon=epsilon, seed=seed, shares=shares,
+                    lora_rank=lora_rank, lora_alpha=lora_alpha, epsilon=epsilon, distill=distill, seed=seed, shares=shares,
                     projected=opt.schedule["projected"])
     return LHSPGResult(merged, plan, history, periods, steps * batch_size * blocks.shape[1],
                        time.perf_counter() - start, settings)

@@ -7,7 +7,7 @@ import copy
 import numpy as np
 import pytest
 import torch
-from conftest import VOCAB, build, logits
+from conftest import VOCAB, build, logits, pattern_blocks
 
 import shear_graph as sg
 from shear_graph.adapters import add_lora
@@ -16,32 +16,9 @@ from shear_graph.lhspg import LHSPG, group_norms
 from shear_graph.progressive import _batch_order, lhspg_prune
 
 
-def pattern_blocks(n: int, block_len: int = 24, seed: int = 0) -> torch.Tensor:
-    """Learnable sequences: each block counts up from a random start with a step of 1, 2 or 3 (mod vocab)."""
-    g = torch.Generator().manual_seed(seed)
-    start = torch.randint(0, VOCAB, (n, 1), generator=g)
-    step = torch.randint(1, 4, (n, 1), generator=g)
-    return (start + step * torch.arange(block_len)) % VOCAB
-
-
 def lm_loss(model, blocks) -> float:
     with torch.no_grad():
         return float(model(input_ids=blocks, labels=blocks).loss)
-
-
-@pytest.fixture(scope="module")
-def trained():
-    """A tiny llama that has learnt the pattern (full fine-tuning), so pruning it loses knowledge."""
-    model = build("llama")
-    model.train()
-    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
-    data = pattern_blocks(256, seed=1)
-    for i in range(150):
-        ids = data[(i * 8) % 256:(i * 8) % 256 + 8]
-        opt.zero_grad()
-        model(input_ids=ids, labels=ids).loss.backward()
-        opt.step()
-    return model.eval()
 
 
 def zero_channels(model, groups) -> dict:
