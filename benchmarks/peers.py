@@ -475,7 +475,7 @@ def _beside_base(q: dict, base: dict) -> dict:
 def _variant(settings: dict) -> str:
     """LoRAShear's settings that differ from the base run's, in words ('' for none)."""
     shares, distill = settings.get("layer_shares", "uniform"), settings.get("distill", 0)
-    return " and ".join(filter(None, [f"per-layer shares ({shares})" if shares != "uniform" else "",
+    return " and ".join(filter(None, [f"per-layer shares from the {shares} analysis" if shares != "uniform" else "",
                                       f"distillation from the dense model in LHSPG (weight {distill})"
                                       if distill else ""]))
 
