@@ -226,20 +226,24 @@ def general_english(max_chars: int = 600_000, seed: int = 0):
     return Domain("general_english", ["\n\n".join(entries)[:max_chars]], f"debian:fortunes ({len(files)} files)")
 
 
-def part_quality(ratio: float, smoke: bool = False, general_text: bool = False, layer_shares: str = "uniform",
-                 distill: float = 0.0) -> dict:
+# LoRAShear settings a variant run may change, with the base run's values; each becomes a flag of
+# `quality` and `speed`, a suffix of the run's name and a phrase in the report
+VARIANT = {"layer_shares": "uniform", "distill": 0.0, "keep_layers": ()}
+
+
+def part_quality(ratio: float, smoke: bool = False, general_text: bool = False, variant: dict | None = None) -> dict:
     """LoRAShear (``sg.prune``, with its Taylor baseline) and the peers, at one
     ratio, in one run: same data split, evaluation blocks (Python docs, stdlib
     code, Devil's Dictionary, WikiText-2 test), zero-shot items, recovery budget.
 
     ``general_text`` adds :func:`general_english` to the training mixture (calibration,
     LHSPG and recovery of every method) and a dense model through the same recovery.
-    ``layer_shares="knowledge"`` (per-layer shares from the knowledge analysis,
-    :meth:`~shear_graph.KnowledgeMap.prune_shares`) or ``distill > 0`` (LHSPG's loss
-    with that weight of distillation from the dense model) runs LoRAShear alone; the
-    report sets its rows beside the peers of the base run (uniform shares, no
-    distillation), whose split and evaluation blocks are the same (the run is seeded;
-    the report checks the dense rows agree)."""
+    A ``variant`` (LoRAShear settings of :data:`VARIANT` that differ from the base
+    run's: ``layer_shares="knowledge"``, per-layer shares from the knowledge analysis;
+    ``distill``, LHSPG's weight of distillation from the dense model; ``keep_layers``,
+    decoder layers left whole) runs LoRAShear alone; the report sets its rows beside
+    the peers of the base run, whose split and evaluation blocks are the same (the run
+    is seeded; the report checks the dense rows agree)."""
     import shear_graph as sg
     from shear_graph.data import Domain, default_domains
     from shear_graph.default_model import load_default_model
@@ -250,17 +254,16 @@ def part_quality(ratio: float, smoke: bool = False, general_text: bool = False, 
     wiki = data_dir(None) / "wikitext2" / "wiki.test.raw"
     eval_domains = [d for d in [out_of_domain_text()] if d is not None]
     eval_domains.append(Domain("wikitext2_test", [wiki.read_text()], str(wiki)))
-    alone = layer_shares != "uniform" or distill > 0
-    settings = sg.PruneSettings(ratio=ratio, n_eval=16, layer_shares=layer_shares, distill=distill,
-                                baseline=None if alone else "taylor")
+    variant = _changed(variant)
+    settings = sg.PruneSettings(ratio=ratio, n_eval=16, baseline=None if variant else "taylor", **variant)
     if smoke:
         settings = replace(settings, block_len=32, n_eval=2, n_probe=2, n_train=12, warmup_steps=1, n_periods=2,
                            period_steps=2, final_steps=1, recovery_steps=4, update_every=2, batch_size=2,
                            lora_rank=4, eval_limit=10)
     domains = default_domains() + ([general_english()] if general_text else [])
-    peers = {} if alone else {**PEERS, **({"dense_reference": dense_reference} if general_text else {})}
+    peers = {} if variant else {**PEERS, **({"dense_reference": dense_reference} if general_text else {})}
     model, tok = load_default_model(n_layers=8 if smoke else None)
-    out = HERE / "work" / _quality_name(ratio, smoke, general_text, layer_shares, distill)
+    out = HERE / "work" / _quality_name(ratio, smoke, general_text, variant)
     result = sg.prune(model, tok, out=out, settings=settings, resume=out.exists(), peers=peers, domains=domains,
                       eval_domains=eval_domains, report=write_prune_report, keep_work=True)
     return {"ratio": ratio, "smoke": smoke, "general_text": general_text, "settings": result.settings,
@@ -268,21 +271,30 @@ def part_quality(ratio: float, smoke: bool = False, general_text: bool = False, 
             "seconds": result.seconds, "report": str(out / "report.html")}
 
 
-def _flags(general_text: bool, layer_shares: str = "uniform", smoke: bool = False, distill: float = 0.0) -> str:
-    """The command-line flags of a quality or speed variant."""
-    return ((" --general-text" if general_text else "") + (f" --layer-shares {layer_shares}"
-            if layer_shares != "uniform" else "") + (f" --distill {distill}" if distill else "")
+def _changed(variant: dict | None) -> dict:
+    """The entries of ``variant`` (or of a run's settings) that differ from :data:`VARIANT`."""
+    variant = variant or {}
+    return {k: variant[k] for k in VARIANT if k in variant and _text(variant[k]) != _text(VARIANT[k])}
+
+
+def _text(value) -> str:
+    return ",".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)
+
+
+def _flags(general_text: bool, variant: dict | None = None, smoke: bool = False) -> str:
+    """The command-line flags of a quality or speed run."""
+    return ((" --general-text" if general_text else "")
+            + "".join(f" --{k.replace('_', '-')} {_text(v)}" for k, v in _changed(variant).items())
             + (" --smoke" if smoke else ""))
 
 
-def _quality_name(ratio: float, smoke: bool, general_text: bool, layer_shares: str = "uniform",
-                  distill: float = 0.0) -> str:
-    variant = ("" if layer_shares == "uniform" else f"_{layer_shares}") + (f"_distill{distill}" if distill else "")
+def _quality_name(ratio: float, smoke: bool, general_text: bool, variant: dict | None = None) -> str:
+    names = {"layer_shares": "{}", "distill": "distill{}", "keep_layers": "keep{}"}
+    variant = "".join("_" + names[k].format(_text(v)) for k, v in _changed(variant).items())
     return f"quality_{ratio}{'_general' if general_text else ''}{variant}{'_smoke' if smoke else ''}"
 
 
-def part_speed(ratio: float, general_text: bool = False, layer_shares: str = "uniform", distill: float = 0.0,
-               rounds: int = 5) -> dict:
+def part_speed(ratio: float, general_text: bool = False, variant: dict | None = None, rounds: int = 5) -> dict:
     """Forward tokens/s (batch 1 x 512) of the dense model and of every pruned
     model of a finished quality run, in one process started on idle cores.
 
@@ -303,10 +315,10 @@ def part_speed(ratio: float, general_text: bool = False, layer_shares: str = "un
     from shear_graph.default_model import load_default_model
     from shear_graph.pipeline import tokens_per_second
 
-    work = HERE / "work" / _quality_name(ratio, False, general_text, layer_shares, distill) / ".work"
+    work = HERE / "work" / _quality_name(ratio, False, general_text, variant) / ".work"
     if not (work / "lhspg_recovered").is_dir():
         raise SystemExit(f"no finished quality run in {work.parent}: run `peers.py quality {ratio}"
-                         f"{_flags(general_text, layer_shares, distill=distill)}` first (it keeps its stage models)")
+                         f"{_flags(general_text, variant)}` first (it keeps its stage models)")
     dense = load_default_model()[0]
     models = {"dense": dense}
     models.update({stage: sg.load_pruned(work / stage) for stage in ("lhspg_recovered", "baseline_recovered")
@@ -320,7 +332,7 @@ def part_speed(ratio: float, general_text: bool = False, layer_shares: str = "un
     for _ in range(rounds):
         for name, model in models.items():
             times[name].append(round(tokens_per_second(model), 1))
-    return {"ratio": ratio, "general_text": general_text, "layer_shares": layer_shares, "distill": distill,
+    return {"ratio": ratio, "general_text": general_text, **_changed(variant),
             "load_average_at_start": load, "rounds": rounds,
             "rows": {name: {"params": _n_params(m), "tokens_per_s": statistics.median(times[name]),
                             "per_round": times[name]} for name, m in models.items()}}
@@ -474,10 +486,10 @@ def _beside_base(q: dict, base: dict) -> dict:
 
 def _variant(settings: dict) -> str:
     """LoRAShear's settings that differ from the base run's, in words ('' for none)."""
-    shares, distill = settings.get("layer_shares", "uniform"), settings.get("distill", 0)
-    return " and ".join(filter(None, [f"per-layer shares from the {shares} analysis" if shares != "uniform" else "",
-                                      f"distillation from the dense model in LHSPG (weight {distill})"
-                                      if distill else ""]))
+    words = {"layer_shares": "per-layer shares from the {} analysis",
+             "distill": "distillation from the dense model in LHSPG, weight {}",
+             "keep_layers": "decoder layers {} left whole"}
+    return " and ".join(words[k].format(_text(v)) for k, v in _changed(settings).items())
 
 
 def _quality_section(q: dict) -> list:
@@ -487,7 +499,7 @@ def _quality_section(q: dict) -> list:
     smoke = " (smoke setting: an 8-layer cut, tiny settings; not a measurement)" if q["smoke"] else ""
     general = q.get("general_text", False)
     trained = ", ".join(q.get("training_domains", ["python_docs", "python_code"]))
-    flags = _flags(general, q["settings"].get("layer_shares", "uniform"), q["smoke"], q["settings"].get("distill", 0))
+    flags = _flags(general, q["settings"], q["smoke"])
     data = "SHEAR_GRAPH_EVAL_DATA=<task folder> "
     title = f", LoRAShear with {_variant(q['settings'])}" if _variant(q["settings"]) else ""
     lines = [f"## Quality and speed at {q['ratio']:.0%} of the parameters removed, trained on {trained}{title}{smoke}",
@@ -522,7 +534,7 @@ def _speed_section(sp: dict) -> list:
     """The speed floor on a separate pass over the quality run's models (:func:`part_speed`)."""
     rows = sp["rows"]
     dense = rows["dense"]
-    flags = _flags(sp.get("general_text", False), sp.get("layer_shares", "uniform"), distill=sp.get("distill", 0))
+    flags = _flags(sp.get("general_text", False), sp)
     lines = [f"Speed measured apart (`.venv/bin/python benchmarks/peers.py speed {sp['ratio']}{flags}`, {sp['date']}; "
              f"load average at start {sp['load_average_at_start']:.2f}): the dense model and every pruned model "
              f"timed in turn, {sp['rounds']} rounds, each a median of 5 forwards of 1 x 512 tokens; the row is the "
@@ -579,11 +591,19 @@ def main(argv=None) -> None:
                         help="quality: train every method on general English (Debian fortunes) beside the default "
                              "Python docs and code, and add the dense model through the same recovery")
     parser.add_argument("--distill", type=float, default=0.0,
-                        help="quality: LoRAShear alone with this weight (0 to 1) of distillation from the dense model "
+                        help="quality, speed: LoRAShear alone with this weight (0 to 1) of distillation from the dense model "
                              "in LHSPG's loss, set beside the peers of the run without it")
+    parser.add_argument("--keep-layers", default="",
+                        help="quality, speed: LoRAShear alone with these decoder layers left whole (comma-separated, "
+                             "negative from the end; LLM-Pruner's choice is 0,1,2,3,-2,-1)")
     args = parser.parse_args(argv)
     if not 0 <= args.distill <= 1:
         parser.error(f"--distill is a weight from 0 to 1, got {args.distill}")
+    try:
+        keep = tuple(int(x) for x in args.keep_layers.split(",") if x.strip())
+    except ValueError:
+        parser.error(f"--keep-layers takes comma-separated layer indices such as 0,1,-1, got {args.keep_layers!r}")
+    variant = {"layer_shares": args.layer_shares, "distill": args.distill, "keep_layers": keep}
     if args.part == "child":
         if not args.args or args.args[0] not in CHILDREN:
             parser.error(f"child needs a tool ({', '.join(CHILDREN)}) and its arguments")
@@ -599,13 +619,13 @@ def main(argv=None) -> None:
         (RESULTS / "graph.json").write_text(json.dumps({**stamp, **part_graph()}, indent=1))
     if args.part == "quality":
         for ratio in ratios:
-            name = _quality_name(ratio, args.smoke, args.general_text, args.layer_shares, args.distill) + ".json"
-            part = part_quality(ratio, args.smoke, args.general_text, args.layer_shares, args.distill)
+            name = _quality_name(ratio, args.smoke, args.general_text, variant) + ".json"
+            part = part_quality(ratio, args.smoke, args.general_text, variant)
             (RESULTS / name).write_text(json.dumps({**stamp, **part}, indent=1))
     if args.part == "speed":
         for ratio in ratios:
-            quality = _quality_name(ratio, False, args.general_text, args.layer_shares, args.distill)
-            part = part_speed(ratio, args.general_text, args.layer_shares, args.distill)
+            quality = _quality_name(ratio, False, args.general_text, variant)
+            part = part_speed(ratio, args.general_text, variant)
             (RESULTS / ("speed_" + quality.removeprefix("quality_") + ".json")).write_text(
                 json.dumps({**stamp, **part}, indent=1))
     print(write_report())

@@ -25,7 +25,7 @@ def _fail(message: str) -> None:
 # PruneSettings fields the prune command sets, named as its flags in messages
 PRUNE_FLAGS = {"ratio": "--ratio", "baseline": "--baseline", "eval_limit": "--eval-limit", "eval_tasks": "--tasks",
                "n_periods": "--n-periods", "period_steps": "--period-steps", "recovery_steps": "--recovery-steps",
-               "lora_rank": "--lora-rank", "layer_shares": "--layer-shares", "distill": "--distill", "dtype": "--dtype", "data_dir": "--data-dir",
+               "lora_rank": "--lora-rank", "layer_shares": "--layer-shares", "distill": "--distill", "keep_layers": "--keep-layers", "dtype": "--dtype", "data_dir": "--data-dir",
                "eval_data_dir": "--data-dir",
                "resume=True": "--resume", "overwrite=True": "--overwrite"}
 ANALYZE_FLAGS = {"fraction": "--fraction", "unprunable_ratio": "--unprunable-ratio"}
@@ -382,6 +382,8 @@ def prune(
     layer_shares: str = typer.Option(DEFAULTS.layer_shares, help="uniform: every prunable layer loses the same "
                                      "share; knowledge: layers whose masking cost less in the knowledge analysis "
                                      "lose more (up to twice the uniform share)"),
+    keep_layers: str = typer.Option("", help="Decoder layers LHSPG leaves whole, comma-separated; negative "
+                                    "counts from the end (LLM-Pruner keeps 0,1,2,3,-2,-1). Default: none"),
     distill: float = typer.Option(DEFAULTS.distill, help="Weight from 0 to 1 of distillation from the dense model "
                                   "in LHSPG's loss (0: language-modelling loss only)"),
     device: str = typer.Option("cpu", help="cpu, cuda, cuda:1, ..."),
@@ -407,9 +409,13 @@ def prune(
     chosen = () if none else tuple(t.strip() for t in tasks.split(",") if t.strip())
     if not chosen and not none:
         _fail("--tasks is empty; name tasks (e.g. --tasks piqa,boolq) or none for no zero-shot evaluation")
+    try:
+        kept = tuple(int(x) for x in keep_layers.split(",") if x.strip())
+    except ValueError:
+        _fail(f"--keep-layers takes comma-separated layer indices such as 0,1,-1, got {keep_layers!r}")
     settings = PruneSettings(ratio=ratio, baseline=None if baseline == "none" else baseline, eval_limit=eval_limit,
                              n_periods=n_periods, period_steps=period_steps, recovery_steps=recovery_steps,
-                             lora_rank=lora_rank, layer_shares=layer_shares, distill=distill, device=device, dtype=dtype,
+                             lora_rank=lora_rank, layer_shares=layer_shares, distill=distill, keep_layers=kept, device=device, dtype=dtype,
                              eval_tasks=chosen)
     try:
         settings.check()

@@ -9,6 +9,7 @@ Minitron, Muralidharan et al. 2024, arXiv 2407.14679, Sec. 3, for pruned LLMs).
 from __future__ import annotations
 
 import copy
+import numbers
 from contextlib import contextmanager
 
 import torch
@@ -20,7 +21,7 @@ from .errors import ShearGraphError
 
 def check_distill(weight) -> None:
     """Raise :class:`ShearGraphError` unless ``weight`` is a number in [0, 1]."""
-    if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not 0 <= weight <= 1:
+    if isinstance(weight, bool) or not isinstance(weight, numbers.Real) or not 0 <= weight <= 1:
         raise ShearGraphError(f"distill must be a number from 0 (language-modelling loss only) to 1 (distillation "
                               f"only), got {weight!r}")
 
@@ -32,13 +33,15 @@ def distill_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> 
     ----------
     student_logits, teacher_logits : torch.Tensor
         [batch, seq, vocab] (or any [..., vocab]) of the same shape; computed in
-        float32 whatever their dtype, so bf16 logits do not lose the small terms.
+        at least float32, so bf16 logits do not lose the small terms. Memory: a few
+        float32 tensors of [batch * seq, vocab] (about 100 MB each at 4 x 128
+        tokens and a 49k vocabulary; not chunked).
 
     Returns
     -------
     torch.Tensor
-        A scalar: sum over the vocabulary, mean over positions (Hinton et al. 2015, eq. 1
-        with T = 1; the constant teacher entropy included, so 0 means equal distributions).
+        A scalar: sum over the vocabulary, mean over positions (Hinton et al. 2015,
+        Sec. 2, at T = 1; the teacher's entropy included, so 0 means equal distributions).
 
     Raises
     ------
@@ -50,16 +53,29 @@ def distill_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> 
                               f"{tuple(teacher_logits.shape)} differ; distillation needs the same tokenizer and "
                               "vocabulary")
     vocab = student_logits.shape[-1]
-    student = F.log_softmax(student_logits.float().reshape(-1, vocab), dim=-1)
-    teacher = F.log_softmax(teacher_logits.float().reshape(-1, vocab), dim=-1)
+    dtype = torch.promote_types(student_logits.dtype, torch.float32)
+    student = F.log_softmax(student_logits.to(dtype).reshape(-1, vocab), dim=-1)
+    teacher = F.log_softmax(teacher_logits.to(dtype).reshape(-1, vocab), dim=-1)
     return F.kl_div(student, teacher, log_target=True, reduction="batchmean")
 
 
 @contextmanager
 def frozen_teacher(model: nn.Module, device, dtype):
-    """The dense ``model`` as a teacher on ``device``/``dtype``, in eval mode and
-    without gradients; a copy only when it lives elsewhere or in another dtype.
-    The model's own training flag is restored afterwards."""
+    """The dense ``model`` as a teacher, in eval mode.
+
+    Parameters
+    ----------
+    model : nn.Module
+        The dense model; never changed (its training flag is restored on exit).
+    device, dtype
+        Where the student trains and in what dtype.
+
+    Yields
+    ------
+    nn.Module
+        ``model`` itself when it already lives on ``device`` in ``dtype`` (no extra
+        memory), else a copy moved there with ``requires_grad`` off.
+    """
     param = next(model.parameters())
     device = torch.empty(0, device=device).device  # "cuda" and "cuda:0" name one place
     teacher = model if (param.device == device and param.dtype == dtype) else \
@@ -75,4 +91,4 @@ def frozen_teacher(model: nn.Module, device, dtype):
 def teacher_logits(teacher: nn.Module, ids: torch.Tensor) -> torch.Tensor:
     """The teacher's logits [batch, seq, vocab] for token ids int64 [batch, seq], without gradients."""
     with torch.no_grad():
-        return teacher(input_ids=ids).logits
+        return teacher(input_ids=ids, use_cache=False).logits

@@ -27,7 +27,7 @@ from .distill import check_distill
 from .errors import CheckpointError, EvalDataError, PlanError, ShearGraphError
 from .groups import find_groups
 from .knowledge import KnowledgeMap, analyze_knowledge, check_analysis_settings, held_out_loss
-from .plan import PrunePlan, atomic_write_text, check_reachable, count_params, plan_by_saliency
+from .plan import PrunePlan, atomic_write_text, check_reachable, count_params, keep_layer_shares, plan_by_saliency
 from .prune import apply_plan
 from .saliency import compute_saliency
 from .tasks import DATA_ENV, TASKS, TEXTS
@@ -62,6 +62,7 @@ class PruneSettings:
     fraction: float = 0.25
     unprunable_ratio: float = 0.2
     layer_shares: str = "uniform"  # or "knowledge": KnowledgeMap.prune_shares, per-layer shares for LHSPG
+    keep_layers: tuple = ()  # decoder layers LHSPG leaves whole (negative from the end), e.g. (0, 1, 2, 3, -2, -1)
     warmup_steps: int = 10
     n_periods: int = 4
     period_steps: int = 30
@@ -106,6 +107,8 @@ class PruneSettings:
             raise ShearGraphError(f"eval_limit must be at least 1 (or None for every item), got {self.eval_limit}")
         check_analysis_settings(self.fraction, self.unprunable_ratio)
         check_distill(self.distill)
+        if not isinstance(self.keep_layers, (tuple, list)):
+            raise ShearGraphError(f"keep_layers must be a tuple of layer indices, got {self.keep_layers!r}")
 
 
 @dataclass
@@ -441,6 +444,7 @@ def prune(model: nn.Module | None = None, tokenizer=None, *, out, settings: Prun
             work.put_json("stages", stages)
 
     groups = find_groups(trace(model))
+    keep_layer_shares(groups, settings.keep_layers)  # a bad layer index fails before any work
     # fail before any work when even a plan with no cluster kept whole cannot reach the ratio
     check_reachable(model, groups, settings.ratio, settings.kinds,
                     note=" even before the knowledge analysis keeps its unprunable clusters whole; choose a smaller "
@@ -462,7 +466,7 @@ def prune(model: nn.Module | None = None, tokenizer=None, *, out, settings: Prun
     if pruned is None:
         result = timed("LHSPG", lambda: lhspg_prune(
             model, train_all, settings.ratio, knowledge=km, kinds=settings.kinds, saliency=settings.saliency,
-            shares=km.prune_shares() if settings.layer_shares == "knowledge" else None,
+            shares=_lhspg_shares(km, groups, settings),
             warmup_steps=settings.warmup_steps, n_periods=settings.n_periods, period_steps=settings.period_steps,
             final_steps=settings.final_steps, batch_size=settings.batch_size, lr=settings.lhspg_lr, distill=settings.distill,
             lora_rank=settings.lora_rank, lora_alpha=settings.lora_alpha, seed=settings.seed, device=device,
@@ -536,6 +540,14 @@ def prune(model: nn.Module | None = None, tokenizer=None, *, out, settings: Prun
     if not keep_work:
         shutil.rmtree(work.dir, ignore_errors=True)
     return result
+
+
+def _lhspg_shares(km: KnowledgeMap, groups: list, settings: PruneSettings) -> dict | None:
+    """Per-group shares for LHSPG: the knowledge analysis's (with ``layer_shares="knowledge"``)
+    and 0 for the groups of ``keep_layers``; None when every group takes the same share."""
+    shares = km.prune_shares() if settings.layer_shares == "knowledge" else {}
+    shares.update(keep_layer_shares(groups, settings.keep_layers))
+    return shares or None
 
 
 def _settings_dict(settings: PruneSettings) -> dict:

@@ -276,6 +276,38 @@ def check_reachable(model: torch.nn.Module, groups: list, ratio: float, kinds=No
         )
 
 
+def keep_layer_shares(groups: list, layers) -> dict:
+    """Shares for :func:`plan_by_saliency` that leave every group of ``layers``
+    whole (share 0), e.g. LLM-Pruner's choice of keeping the first and last
+    decoder layers (Ma et al. 2023, arXiv 2305.11627, Sec. 4.1).
+
+    Parameters
+    ----------
+    groups : list of RemovalGroup
+    layers : iterable of int
+        Decoder-layer indices; negative ones count from the end (-1 the last).
+
+    Returns
+    -------
+    dict
+        Group id -> 0.0 for the groups of those layers (groups spanning layers,
+        such as ``hidden``, are never named).
+
+    Raises
+    ------
+    PlanError
+        An index that is not an integer or is outside the model's layers.
+    """
+    n = 1 + max((g.layer for g in groups if g.layer is not None), default=-1)
+    kept = set()
+    for layer in layers:
+        if isinstance(layer, bool) or not isinstance(layer, (int, np.integer)) or not -n <= layer < n:
+            raise PlanError(f"keep_layers must be integers from {-n} to {n - 1} (this model has {n} decoder "
+                            f"layers; negative counts from the end), got {layer!r}")
+        kept.add(int(layer) % n)
+    return {g.id: 0.0 for g in groups if g.layer in kept}
+
+
 MIN_SHARE = 1e-3  # a positive share below it would need an unbounded search; 0 leaves a group whole
 
 

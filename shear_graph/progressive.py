@@ -125,19 +125,25 @@ def _batch_order(n_blocks: int, steps: int, batch_size: int, seed: int) -> torch
     return torch.cat(perms)[:need].view(steps, batch_size)
 
 
-def _save_state(path: Path, peft_model, opt: LHSPG, history: list, periods: list) -> None:
+def _save_state(path: Path, peft_model, opt: LHSPG, history: list, periods: list, run: dict) -> None:
     from peft import get_peft_model_state_dict
 
     tmp = path.with_name(f".{path.name}.tmp")
     torch.save({"lora": get_peft_model_state_dict(peft_model), "optimizer": opt.state_dict(),
-                "history": history, "periods": periods}, tmp)
+                "history": history, "periods": periods, "run": run}, tmp)
     os.replace(tmp, path)
 
 
-def _load_state(path: Path, peft_model, opt: LHSPG) -> tuple:
+def _load_state(path: Path, peft_model, opt: LHSPG, run: dict) -> tuple:
     from peft import set_peft_model_state_dict
 
     state = torch.load(path, map_location="cpu", weights_only=False)
+    saved = state.get("run", run)  # checkpoints older than this check carry no settings
+    changed = sorted(k for k in run if k in saved and saved[k] != run[k])
+    if changed:
+        raise ShearGraphError(f"the LHSPG checkpoint {path} was made with other settings ("
+                              + "; ".join(f"{k}={saved[k]!r}, now {run[k]!r}" for k in changed)
+                              + "); resume with the same settings, or give another checkpoint_dir to start afresh")
     set_peft_model_state_dict(peft_model, state["lora"])
     opt.load_state_dict(state["optimizer"])
     opt.hold_pruned()
@@ -194,7 +200,7 @@ def lhspg_prune(model: nn.Module, blocks: torch.Tensor, ratio: float, *, knowled
     checkpoint_dir : path, optional
         Saves the LoRA and optimizer state after warm-up and after each period
         (atomic: temporary file, then rename); a call with the same folder and
-        settings resumes from it.
+        settings resumes from it (other settings are refused, see Raises).
 
     Returns
     -------
@@ -209,7 +215,8 @@ def lhspg_prune(model: nn.Module, blocks: torch.Tensor, ratio: float, *, knowled
         keeps the last good state.
     ShearGraphError
         ``blocks`` not an int64 tensor [n, block_len] with at least one block;
-        ``distill`` not in [0, 1].
+        ``distill`` not in [0, 1]; a checkpoint in ``checkpoint_dir`` made with
+        other settings (the message names them).
     """
     check_ratio(ratio)
     check_distill(distill)
@@ -235,8 +242,11 @@ def lhspg_prune(model: nn.Module, blocks: torch.Tensor, ratio: float, *, knowled
     history, periods = [], []
     ckpt = Path(checkpoint_dir) / CHECKPOINT if checkpoint_dir else None
     saved_step = None
+    run = dict(ratio=ratio, kinds=list(kinds), saliency=saliency, warmup_steps=warmup_steps, n_periods=n_periods,
+               period_steps=period_steps, final_steps=final_steps, batch_size=batch_size, lr=lr, lora_rank=lora_rank,
+               lora_alpha=lora_alpha, epsilon=epsilon, distill=distill, seed=seed, shares=shares)
     if ckpt is not None and ckpt.exists():
-        history, periods = _load_state(ckpt, peft_model, opt)
+        history, periods = _load_state(ckpt, peft_model, opt, run)
         saved_step = opt.schedule["step"]
     boundaries = {warmup_steps + p * period_steps for p in range(n_periods + 1)} | {steps}
     peft_model.train()
@@ -268,7 +278,7 @@ def lhspg_prune(model: nn.Module, blocks: torch.Tensor, ratio: float, *, knowled
                                 "first_step": step - period_steps + 1, "last_step": step})
             if ckpt is not None and step in boundaries:
                 ckpt.parent.mkdir(parents=True, exist_ok=True)
-                _save_state(ckpt, peft_model, opt, history, periods)
+                _save_state(ckpt, peft_model, opt, history, periods, run)
                 saved_step = step
             bar.update(1)
             bar.set_postfix(loss=f"{value:.3f}", zero=history[-1]["zero_channels"])
@@ -279,9 +289,5 @@ def lhspg_prune(model: nn.Module, blocks: torch.Tensor, ratio: float, *, knowled
     merged_groups = find_groups(trace(merged))
     plan = PrunePlan.from_channels(merged, merged_groups, pruned_channels,
                                    method=f"lhspg({saliency}, ratio={ratio}, periods={n_periods})")
-    settings = dict(ratio=ratio, kinds=list(kinds), saliency=saliency, warmup_steps=warmup_steps,
-                    n_periods=n_periods, period_steps=period_steps, final_steps=final_steps, batch_size=batch_size, lr=lr,
-                    lora_rank=lora_rank, lora_alpha=lora_alpha, epsilon=epsilon, distill=distill, seed=seed, shares=shares,
-                    projected=opt.schedule["projected"])
     return LHSPGResult(merged, plan, history, periods, steps * batch_size * blocks.shape[1],
-                       time.perf_counter() - start, settings)
+                       time.perf_counter() - start, {**run, "projected": opt.schedule["projected"]})

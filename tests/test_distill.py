@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 
+import numpy as np
 import pytest
 import torch
 from conftest import build, pattern_blocks, random_blocks
@@ -21,6 +22,7 @@ def test_kl_is_zero_for_equal_logits_and_matches_the_definition():
     by_hand = (p * (torch.log(p) - log_q)).sum(-1).mean()
     assert float(distill_loss(s, t)) == pytest.approx(float(by_hand), rel=1e-5)
     assert float(distill_loss(s.bfloat16(), t.bfloat16())) == pytest.approx(float(by_hand), rel=3e-2)
+    assert distill_loss(s.double(), t.double()).dtype == torch.float64
 
 
 def test_kl_refuses_logits_of_other_vocabularies():
@@ -67,6 +69,18 @@ def test_distilled_lhspg_stays_closer_to_the_dense_model():
     assert kl_to(dense, distilled.model, held_out) < 0.9 * kl_to(dense, plain.model, held_out)
 
 
-def test_lhspg_refuses_a_bad_weight(trained):
+def test_lhspg_refuses_a_bad_weight():
     with pytest.raises(ShearGraphError, match="distill must be a number from 0"):
-        lhspg_prune(trained, pattern_blocks(8), 0.1, distill=2.0, progress=False)
+        lhspg_prune(build("llama"), pattern_blocks(8), 0.1, distill=2.0, progress=False)
+
+
+def test_numpy_weights_are_numbers():
+    check_distill(np.float32(0.5))
+    check_distill(np.int64(1))
+
+
+def test_the_training_flag_of_the_dense_model_is_restored():
+    dense = build("llama").train()
+    lhspg_prune(dense, random_blocks(8, 16), 0.1, kinds=("ffn",), warmup_steps=1, n_periods=1, period_steps=1,
+                final_steps=0, batch_size=4, distill=0.5, progress=False)
+    assert dense.training

@@ -152,6 +152,8 @@ def test_killed_run_resumes_to_the_same_plan(trained, tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         lhspg_prune(trained, data, 0.2, checkpoint_dir=tmp_path, **kwargs)
     monkeypatch.setattr(LHSPG, "step", real_step)
+    with pytest.raises(ShearGraphError, match=r"other settings \(distill=0.0, now 0.5; lr=0.001, now 0.002\)"):
+        lhspg_prune(trained, data, 0.2, checkpoint_dir=tmp_path, **{**kwargs, "lr": 2e-3}, distill=0.5)
     resumed = lhspg_prune(trained, data, 0.2, checkpoint_dir=tmp_path, **kwargs)
     assert [r.channels for r in resumed.plan.removals] == [r.channels for r in whole.plan.removals]
     assert [h["loss"] for h in resumed.history] == pytest.approx([h["loss"] for h in whole.history], rel=1e-4)

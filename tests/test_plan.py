@@ -7,6 +7,8 @@ import torch
 import shear_graph as sg
 from conftest import build, input_ids, logits
 
+from shear_graph.plan import keep_layer_shares
+
 
 @pytest.fixture(scope="module")
 def llama():
@@ -185,3 +187,16 @@ def test_bad_or_unreachable_shares_are_refused(llama):
         sg.plan_by_saliency(model, groups, sal, 0.1, kinds=["ffn"], shares={"ffn.L9": 1.0})
     with pytest.raises(sg.PlanError, match="cannot be reached with these shares: at most 0.0000"):
         sg.plan_by_saliency(model, groups, sal, 0.1, kinds=["ffn"], shares={"ffn.L0": 0, "ffn.L1": 0})
+
+
+def test_kept_layers_are_left_whole(llama):
+    model, groups = llama
+    assert keep_layer_shares(groups, [-1]) == {"attention_head.L1": 0.0, "ffn.L1": 0.0}
+    assert keep_layer_shares(groups, []) == {}
+    sal = sg.compute_saliency(model, groups, "magnitude")
+    plan = sg.plan_by_saliency(model, groups, sal, 0.1, kinds=["ffn", "attention_head"],
+                               shares=keep_layer_shares(groups, [0]))
+    assert plan.removals and all(r.group.endswith(".L1") for r in plan.removals)
+    for bad in (2, -3, 0.5, "0", True):
+        with pytest.raises(sg.PlanError, match=r"keep_layers must be integers from -2 to 1 \(this model has 2"):
+            keep_layer_shares(groups, [bad])
