@@ -591,8 +591,8 @@ def main(argv=None) -> None:
                         help="quality: train every method on general English (Debian fortunes) beside the default "
                              "Python docs and code, and add the dense model through the same recovery")
     parser.add_argument("--distill", type=float, default=0.0,
-                        help="quality, speed: LoRAShear alone with this weight (0 to 1) of distillation from the dense model "
-                             "in LHSPG's loss, set beside the peers of the run without it")
+                        help="quality, speed: LoRAShear alone with this weight (0 to 1) of distillation from the dense "
+                             "model in LHSPG's loss, set beside the peers of the run without it")
     parser.add_argument("--keep-layers", default="",
                         help="quality, speed: LoRAShear alone with these decoder layers left whole (comma-separated, "
                              "negative from the end; LLM-Pruner's choice is 0,1,2,3,-2,-1)")

@@ -12,11 +12,13 @@ __all__ = [
     "CheckpointError", "EvalDataError", "CalibrationOverlapError", "TrainingError",
 ]
 from .checkpoint import load_pruned, save_pruned  # noqa: E402
-from .plan import GroupRemoval, PrunePlan, count_params, plan_by_magnitude, plan_by_saliency  # noqa: E402
+from .plan import (  # noqa: E402
+    GroupRemoval, PrunePlan, count_params, keep_layer_shares, plan_by_magnitude, plan_by_saliency,
+)
 from .prune import apply_plan, mask_plan  # noqa: E402
 
-__all__ += ["PrunePlan", "GroupRemoval", "plan_by_magnitude", "plan_by_saliency", "count_params", "apply_plan", "mask_plan",
-            "save_pruned", "load_pruned"]
+__all__ += ["PrunePlan", "GroupRemoval", "plan_by_magnitude", "plan_by_saliency", "keep_layer_shares", "count_params",
+            "apply_plan", "mask_plan", "save_pruned", "load_pruned"]
 from .queries import groups_of_param, module_neighbors, module_nodes, path_between  # noqa: E402
 
 __all__ += ["module_nodes", "module_neighbors", "groups_of_param", "path_between"]

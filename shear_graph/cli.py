@@ -25,7 +25,8 @@ def _fail(message: str) -> None:
 # PruneSettings fields the prune command sets, named as its flags in messages
 PRUNE_FLAGS = {"ratio": "--ratio", "baseline": "--baseline", "eval_limit": "--eval-limit", "eval_tasks": "--tasks",
                "n_periods": "--n-periods", "period_steps": "--period-steps", "recovery_steps": "--recovery-steps",
-               "lora_rank": "--lora-rank", "layer_shares": "--layer-shares", "distill": "--distill", "keep_layers": "--keep-layers", "dtype": "--dtype", "data_dir": "--data-dir",
+               "lora_rank": "--lora-rank", "layer_shares": "--layer-shares", "distill": "--distill",
+               "keep_layers": "--keep-layers", "dtype": "--dtype", "data_dir": "--data-dir",
                "eval_data_dir": "--data-dir",
                "resume=True": "--resume", "overwrite=True": "--overwrite"}
 ANALYZE_FLAGS = {"fraction": "--fraction", "unprunable_ratio": "--unprunable-ratio"}
@@ -415,8 +416,8 @@ def prune(
         _fail(f"--keep-layers takes comma-separated layer indices such as 0,1,-1, got {keep_layers!r}")
     settings = PruneSettings(ratio=ratio, baseline=None if baseline == "none" else baseline, eval_limit=eval_limit,
                              n_periods=n_periods, period_steps=period_steps, recovery_steps=recovery_steps,
-                             lora_rank=lora_rank, layer_shares=layer_shares, distill=distill, keep_layers=kept, device=device, dtype=dtype,
-                             eval_tasks=chosen)
+                             lora_rank=lora_rank, layer_shares=layer_shares, distill=distill, keep_layers=kept,
+                             device=device, dtype=dtype, eval_tasks=chosen)
     try:
         settings.check()
     except sg.ShearGraphError as e:

@@ -468,7 +468,8 @@ def prune(model: nn.Module | None = None, tokenizer=None, *, out, settings: Prun
             model, train_all, settings.ratio, knowledge=km, kinds=settings.kinds, saliency=settings.saliency,
             shares=_lhspg_shares(km, groups, settings),
             warmup_steps=settings.warmup_steps, n_periods=settings.n_periods, period_steps=settings.period_steps,
-            final_steps=settings.final_steps, batch_size=settings.batch_size, lr=settings.lhspg_lr, distill=settings.distill,
+            final_steps=settings.final_steps, batch_size=settings.batch_size, lr=settings.lhspg_lr,
+            distill=settings.distill,
             lora_rank=settings.lora_rank, lora_alpha=settings.lora_alpha, seed=settings.seed, device=device,
             dtype=dtype, checkpoint_dir=work.dir / "lhspg", progress=progress))
         pruned = timed("apply plan", lambda: apply_plan(result.model, result.plan))

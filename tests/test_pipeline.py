@@ -195,13 +195,14 @@ def test_full_disk_at_the_final_save_leaves_nothing_half_written(tiny, finished,
 
 
 def test_knowledge_layer_shares_kept_layers_and_distillation_reach_lhspg(tiny, finished, tmp_path):
-    result = prune(*tiny, out=tmp_path / "o", settings=settings(layer_shares="knowledge", distill=0.5, keep_layers=(-1,),
-                                                                 recovery_steps=0, baseline=None),
+    result = prune(*tiny, out=tmp_path / "o", settings=settings(layer_shares="knowledge", distill=0.5,
+                                                                 keep_layers=(-1,), recovery_steps=0, baseline=None),
                    domains=tiny_domains(), progress=False)
     shares = sg.KnowledgeMap.from_json(json.dumps(result.knowledge)).prune_shares()
     last = {g: 0.0 for g in shares if g.endswith(".L1")}
     assert last and result.lhspg["settings"]["shares"] == {**shares, **last} and len(set(shares.values())) > 1
-    assert all(not r["group"].endswith(".L1") for r in json.loads((tmp_path / "o" / "plan.json").read_text())["removals"])
+    plan = json.loads((tmp_path / "o" / "plan.json").read_text())
+    assert all(not r["group"].endswith(".L1") for r in plan["removals"])
     assert result.lhspg["settings"]["distill"] == 0.5 and "distill_kl" in result.lhspg["history"][-1]
     assert finished.lhspg["settings"]["shares"] is None  # the default: one share for every group
     assert finished.lhspg["settings"]["distill"] == 0.0
