@@ -274,7 +274,12 @@ def part_quality(ratio: float, smoke: bool = False, general_text: bool = False, 
 def _changed(variant: dict | None) -> dict:
     """The entries of ``variant`` (or of a run's settings) that differ from :data:`VARIANT`."""
     variant = variant or {}
-    return {k: variant[k] for k in VARIANT if k in variant and _text(variant[k]) != _text(VARIANT[k])}
+    return {k: variant[k] for k in VARIANT if k in variant and not _same(variant[k], VARIANT[k])}
+
+
+def _same(value, default) -> bool:
+    """Equal, a JSON list counting as the tuple it was written from, 0 as 0.0."""
+    return tuple(value) == default if isinstance(default, tuple) else value == default
 
 
 def _text(value) -> str:
@@ -600,7 +605,7 @@ def main(argv=None) -> None:
     if not 0 <= args.distill <= 1:
         parser.error(f"--distill is a weight from 0 to 1, got {args.distill}")
     try:
-        keep = tuple(int(x) for x in args.keep_layers.split(",") if x.strip())
+        keep = tuple(int(x) for x in args.keep_layers.split(",")) if args.keep_layers != "" else ()
     except ValueError:
         parser.error(f"--keep-layers takes comma-separated layer indices such as 0,1,-1, got {args.keep_layers!r}")
     variant = {"layer_shares": args.layer_shares, "distill": args.distill, "keep_layers": keep}

@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+import numbers
 import os
 import shutil
 import statistics
@@ -27,7 +28,9 @@ from .distill import check_distill
 from .errors import CheckpointError, EvalDataError, PlanError, ShearGraphError
 from .groups import find_groups
 from .knowledge import KnowledgeMap, analyze_knowledge, check_analysis_settings, held_out_loss
-from .plan import PrunePlan, atomic_write_text, check_reachable, count_params, keep_layer_shares, plan_by_saliency
+from .plan import (
+    PrunePlan, atomic_write_text, check_reachable, count_params, keep_layer_shares, max_removable, plan_by_saliency,
+)
 from .prune import apply_plan
 from .saliency import compute_saliency
 from .tasks import DATA_ENV, TASKS, TEXTS
@@ -107,8 +110,10 @@ class PruneSettings:
             raise ShearGraphError(f"eval_limit must be at least 1 (or None for every item), got {self.eval_limit}")
         check_analysis_settings(self.fraction, self.unprunable_ratio)
         check_distill(self.distill)
-        if not isinstance(self.keep_layers, (tuple, list)):
-            raise ShearGraphError(f"keep_layers must be a tuple of layer indices, got {self.keep_layers!r}")
+        if not isinstance(self.keep_layers, (tuple, list)) or not all(
+                isinstance(i, numbers.Integral) and not isinstance(i, bool) for i in self.keep_layers):
+            raise ShearGraphError(f"keep_layers must be a tuple of decoder-layer indices (integers, negative from the "
+                                  f"end), got {self.keep_layers!r}")
 
 
 @dataclass
@@ -444,11 +449,16 @@ def prune(model: nn.Module | None = None, tokenizer=None, *, out, settings: Prun
             work.put_json("stages", stages)
 
     groups = find_groups(trace(model))
-    keep_layer_shares(groups, settings.keep_layers)  # a bad layer index fails before any work
     # fail before any work when even a plan with no cluster kept whole cannot reach the ratio
     check_reachable(model, groups, settings.ratio, settings.kinds,
                     note=" even before the knowledge analysis keeps its unprunable clusters whole; choose a smaller "
                          "ratio (--ratio) or more group kinds (PruneSettings.kinds)")
+    kept = keep_layer_shares(groups, settings.keep_layers)
+    most = max_removable(model, groups, settings.kinds, list(kept))
+    if most < settings.ratio:
+        raise PlanError(f"ratio {settings.ratio} cannot be reached with keep_layers {list(settings.keep_layers)} left "
+                        f"whole: at most {most:.3f} of the parameters are removable in the other layers; keep fewer "
+                        "layers (keep_layers) or choose a smaller ratio (--ratio)")
     stage_eval("dense", model)
     km_json = work.json("knowledge")
     if km_json is None:

@@ -278,8 +278,8 @@ def check_reachable(model: torch.nn.Module, groups: list, ratio: float, kinds=No
 
 def keep_layer_shares(groups: list, layers) -> dict:
     """Shares for :func:`plan_by_saliency` that leave every group of ``layers``
-    whole (share 0), e.g. LLM-Pruner's choice of keeping the first and last
-    decoder layers (Ma et al. 2023, arXiv 2305.11627, Sec. 4.1).
+    whole (share 0), e.g. LLM-Pruner's recipe, which leaves the first four and
+    the last two decoder layers whole (Ma et al. 2023, arXiv 2305.11627).
 
     Parameters
     ----------
@@ -296,8 +296,10 @@ def keep_layer_shares(groups: list, layers) -> dict:
     Raises
     ------
     PlanError
-        An index that is not an integer or is outside the model's layers.
+        ``layers`` not a list of integers, or an index outside the model's layers.
     """
+    if not isinstance(layers, (list, tuple, range, np.ndarray)):
+        raise PlanError(f"keep_layers must be a list of decoder-layer indices, got {layers!r}")
     n = 1 + max((g.layer for g in groups if g.layer is not None), default=-1)
     kept = set()
     for layer in layers:

@@ -141,6 +141,8 @@ def test_unwritable_output_is_refused_before_any_model_is_loaded(command, monkey
     (["prune", "--lora-rank", "0"], "--lora-rank must be at least 1, got 0"),
     (["prune", "--layer-shares", "owl"], "--layer-shares must be uniform or knowledge, got 'owl'"),
     (["prune", "--keep-layers", "0,x"], "--keep-layers takes comma-separated layer indices such as 0,1,-1"),
+    (["prune", "--keep-layers", "1,,2"], "--keep-layers takes comma-separated layer indices such as 0,1,-1"),
+    (["prune", "--keep-layers", " "], "--keep-layers takes comma-separated layer indices such as 0,1,-1"),
     (["prune", "--distill", "2"], "--distill must be a number from 0 (language-modelling loss only) to 1"),
     (["prune", "--ratio", "0"], "--ratio must be above 0"),
     (["oneshot", "--ratio", "0"], "--ratio must be above 0"),

@@ -164,7 +164,12 @@ def test_bad_settings_are_named(tiny, tmp_path):
     with pytest.raises(ShearGraphError, match="distill must be a number from 0"):
         prune(*tiny, out=tmp_path / "o", settings=settings(distill=1.5), progress=False)
     with pytest.raises(sg.PlanError, match="keep_layers must be integers from -2 to 1"):
-        prune(*tiny, out=tmp_path / "o", settings=settings(keep_layers=(5,)), progress=False)
+        prune(*tiny, out=tmp_path / "o", settings=settings(keep_layers=(5,)), overwrite=True, progress=False)
+    with pytest.raises(ShearGraphError, match=r"keep_layers must be a tuple of decoder-layer indices .* got \(0, 1.5\)"):
+        prune(*tiny, out=tmp_path / "o", settings=settings(keep_layers=(0, 1.5)), overwrite=True, progress=False)
+    with pytest.raises(sg.PlanError, match=r"cannot be reached with keep_layers \[0, 1\] left whole: at most 0.000"):
+        prune(*tiny, out=tmp_path / "o", settings=settings(keep_layers=(0, 1)), overwrite=True, progress=False)
+    assert not (tmp_path / "o" / ".work" / "stages.json").exists()  # refused before the dense evaluation
     with pytest.raises(ShearGraphError, match="unknown eval_tasks"):
         prune(*tiny, out=tmp_path / "o", settings=settings(eval_tasks=("piqa", "mmlu")), progress=False)
 

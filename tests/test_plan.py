@@ -200,3 +200,5 @@ def test_kept_layers_are_left_whole(llama):
     for bad in (2, -3, 0.5, "0", True):
         with pytest.raises(sg.PlanError, match=r"keep_layers must be integers from -2 to 1 \(this model has 2"):
             keep_layer_shares(groups, [bad])
+    with pytest.raises(sg.PlanError, match="keep_layers must be a list of decoder-layer indices, got 5"):
+        keep_layer_shares(groups, 5)
