@@ -454,7 +454,7 @@ def prune(model: nn.Module | None = None, tokenizer=None, *, out, settings: Prun
                     note=" even before the knowledge analysis keeps its unprunable clusters whole; choose a smaller "
                          "ratio (--ratio) or more group kinds (PruneSettings.kinds)")
     kept = keep_layer_shares(groups, settings.keep_layers)
-    most = max_removable(model, groups, settings.kinds, list(kept))
+    most = max_removable(model, groups, settings.kinds, list(kept)) if kept else 1.0
     if most < settings.ratio:
         raise PlanError(f"ratio {settings.ratio} cannot be reached with keep_layers {list(settings.keep_layers)} left "
                         f"whole: at most {most:.3f} of the parameters are removable in the other layers; keep fewer "
