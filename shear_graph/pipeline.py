@@ -449,16 +449,12 @@ def prune(model: nn.Module | None = None, tokenizer=None, *, out, settings: Prun
             work.put_json("stages", stages)
 
     groups = find_groups(trace(model))
-    # fail before any work when even a plan with no cluster kept whole cannot reach the ratio
-    check_reachable(model, groups, settings.ratio, settings.kinds,
-                    note=" even before the knowledge analysis keeps its unprunable clusters whole; choose a smaller "
-                         "ratio (--ratio) or more group kinds (PruneSettings.kinds)")
-    kept = keep_layer_shares(groups, settings.keep_layers)
-    most = max_removable(model, groups, settings.kinds, list(kept)) if kept else 1.0
-    if most < settings.ratio:
-        raise PlanError(f"ratio {settings.ratio} cannot be reached with keep_layers {list(settings.keep_layers)} left "
-                        f"whole: at most {most:.3f} of the parameters are removable in the other layers; keep fewer "
-                        "layers (keep_layers) or choose a smaller ratio (--ratio)")
+    try:
+        _check_reachable_plan(model, groups, settings)
+    except PlanError:
+        if not resume:  # a refused new run leaves no folder behind to block the corrected command
+            shutil.rmtree(out, ignore_errors=True)
+        raise
     stage_eval("dense", model)
     km_json = work.json("knowledge")
     if km_json is None:
@@ -551,6 +547,21 @@ def prune(model: nn.Module | None = None, tokenizer=None, *, out, settings: Prun
     if not keep_work:
         shutil.rmtree(work.dir, ignore_errors=True)
     return result
+
+
+def _check_reachable_plan(model: nn.Module, groups: list, settings: PruneSettings) -> None:
+    """Fail before any work when the ratio cannot be reached: even with no cluster
+    kept whole, or with ``keep_layers`` left whole (:class:`PlanError`, naming the
+    largest reachable ratio), or when a kept layer index is outside the model."""
+    check_reachable(model, groups, settings.ratio, settings.kinds,
+                    note=" even before the knowledge analysis keeps its unprunable clusters whole; choose a smaller "
+                         "ratio (--ratio) or more group kinds (PruneSettings.kinds)")
+    kept = keep_layer_shares(groups, settings.keep_layers)
+    most = max_removable(model, groups, settings.kinds, list(kept)) if kept else 1.0
+    if most < settings.ratio:
+        raise PlanError(f"ratio {settings.ratio} cannot be reached with keep_layers {list(settings.keep_layers)} left "
+                        f"whole: at most {most:.3f} of the parameters are removable in the other layers; keep fewer "
+                        "layers (keep_layers) or choose a smaller ratio (--ratio)")
 
 
 def _lhspg_shares(km: KnowledgeMap, groups: list, settings: PruneSettings) -> dict | None:
