@@ -1,9 +1,11 @@
 """shear-graph against Torch-Pruning, side by side, on this machine (issue 7).
 
     .venv/bin/python benchmarks/peers.py graph      # dependency structure and time to a pruned model
-    .venv/bin/python benchmarks/peers.py quality 0.2 [--general-text] [--layer-shares knowledge]
-                                                    # perplexity, zero-shot and tokens/s, peers beside (about 1 h)
-    .venv/bin/python benchmarks/peers.py speed 0.2 [--general-text] [--layer-shares knowledge]
+    .venv/bin/python benchmarks/peers.py quality 0.2 [--general-text] [VARIANT]
+                                                    # perplexity, zero-shot and tokens/s, peers beside (about 1 h;
+                                                    # VARIANT: --layer-shares knowledge, --distill W, --keep-layers
+                                                    # 0,1,-1 run LoRAShear alone, beside the base run's peers)
+    .venv/bin/python benchmarks/peers.py speed 0.2 [--general-text] [VARIANT]
                                                     # tokens/s of a finished quality run's models, interleaved
     .venv/bin/python benchmarks/peers.py report     # benchmarks/RESULTS.md from benchmarks/results/*.json
 
@@ -477,7 +479,7 @@ LABELS = {"dense": "dense", "lhspg": "shear-graph LoRAShear (LHSPG)", "baseline"
 
 
 def _beside_base(q: dict, base: dict) -> dict:
-    """A LoRAShear-only variant run with the other rows of its uniform run (same
+    """A LoRAShear-only variant run with the other rows of its base run (same
     seeded split and evaluation blocks), and a note saying so."""
     same = q["stages"]["dense"]["perplexity"] == base["stages"]["dense"]["perplexity"]
     note = (f"LoRAShear rows from this run ({_variant(q['settings'])}); every other row from the "
@@ -602,10 +604,12 @@ def main(argv=None) -> None:
                         help="quality, speed: LoRAShear alone with these decoder layers left whole (comma-separated, "
                              "negative from the end; LLM-Pruner's choice is 0,1,2,3,-2,-1)")
     args = parser.parse_args(argv)
+    from shear_graph.cli import layer_indices
+
     if not 0 <= args.distill <= 1:
         parser.error(f"--distill is a weight from 0 to 1, got {args.distill}")
     try:
-        keep = tuple(int(x) for x in args.keep_layers.split(",")) if args.keep_layers != "" else ()
+        keep = layer_indices(args.keep_layers)
     except ValueError:
         parser.error(f"--keep-layers takes comma-separated layer indices such as 0,1,-1, got {args.keep_layers!r}")
     variant = {"layer_shares": args.layer_shares, "distill": args.distill, "keep_layers": keep}

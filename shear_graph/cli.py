@@ -32,7 +32,7 @@ PRUNE_FLAGS = {"ratio": "--ratio", "baseline": "--baseline", "eval_limit": "--ev
 ANALYZE_FLAGS = {"fraction": "--fraction", "unprunable_ratio": "--unprunable-ratio"}
 
 
-def _layer_indices(text: str) -> tuple:
+def layer_indices(text: str) -> tuple:
     """``"0,1,-1"`` -> ``(0, 1, -1)``; ``""`` -> ``()``. Raises ValueError on anything else
     (an empty item included, so a typo such as ``1,,2`` is not read as ``1,2``)."""
     return tuple(int(x) for x in text.split(",")) if text != "" else ()
@@ -417,7 +417,7 @@ def prune(
     if not chosen and not none:
         _fail("--tasks is empty; name tasks (e.g. --tasks piqa,boolq) or none for no zero-shot evaluation")
     try:
-        kept = _layer_indices(keep_layers)
+        kept = layer_indices(keep_layers)
     except ValueError:
         _fail(f"--keep-layers takes comma-separated layer indices such as 0,1,-1, got {keep_layers!r}")
     settings = PruneSettings(ratio=ratio, baseline=None if baseline == "none" else baseline, eval_limit=eval_limit,
