@@ -4,7 +4,8 @@
     .venv/bin/python benchmarks/peers.py quality 0.2 [--general-text] [VARIANT]
                                                     # perplexity, zero-shot and tokens/s, peers beside (about 1 h;
                                                     # VARIANT: --layer-shares knowledge, --distill W, --keep-layers
-                                                    # 0,1,-1 run LoRAShear alone, beside the base run's peers)
+                                                    # 0,1,-1, --kinds ffn run LoRAShear alone, beside the base
+                                                    # run's peers)
     .venv/bin/python benchmarks/peers.py speed 0.2 [--general-text] [VARIANT]
                                                     # tokens/s of a finished quality run's models, interleaved
     .venv/bin/python benchmarks/peers.py report     # benchmarks/RESULTS.md from benchmarks/results/*.json
@@ -230,7 +231,7 @@ def general_english(max_chars: int = 600_000, seed: int = 0):
 
 # LoRAShear settings a variant run may change, with the base run's values; each becomes a flag of
 # `quality` and `speed`, a suffix of the run's name and a phrase in the report
-VARIANT = {"layer_shares": "uniform", "distill": 0.0, "keep_layers": ()}
+VARIANT = {"layer_shares": "uniform", "distill": 0.0, "keep_layers": (), "kinds": ("attention_head", "ffn")}
 
 
 def part_quality(ratio: float, smoke: bool = False, general_text: bool = False, variant: dict | None = None) -> dict:
@@ -243,7 +244,7 @@ def part_quality(ratio: float, smoke: bool = False, general_text: bool = False, 
     A ``variant`` (LoRAShear settings of :data:`VARIANT` that differ from the base
     run's: ``layer_shares="knowledge"``, per-layer shares from the knowledge analysis;
     ``distill``, LHSPG's weight of distillation from the dense model; ``keep_layers``,
-    decoder layers left whole) runs LoRAShear alone; the report sets its rows beside
+    decoder layers left whole; ``kinds``, the group kinds pruned) runs LoRAShear alone; the report sets its rows beside
     the peers of the base run, whose split and evaluation blocks are the same (the run
     is seeded; the report checks the dense rows agree)."""
     import shear_graph as sg
@@ -296,7 +297,7 @@ def _flags(general_text: bool, variant: dict | None = None, smoke: bool = False)
 
 
 def _quality_name(ratio: float, smoke: bool, general_text: bool, variant: dict | None = None) -> str:
-    names = {"layer_shares": "{}", "distill": "distill{}", "keep_layers": "keep{}"}
+    names = {"layer_shares": "{}", "distill": "distill{}", "keep_layers": "keep{}", "kinds": "{}"}
     variant = "".join("_" + names[k].format(_text(v)) for k, v in _changed(variant).items())
     return f"quality_{ratio}{'_general' if general_text else ''}{variant}{'_smoke' if smoke else ''}"
 
@@ -495,7 +496,7 @@ def _variant(settings: dict) -> str:
     """LoRAShear's settings that differ from the base run's, in words ('' for none)."""
     words = {"layer_shares": "per-layer shares from the {} analysis",
              "distill": "distillation from the dense model in LHSPG, weight {}",
-             "keep_layers": "decoder layers {} left whole"}
+             "keep_layers": "decoder layers {} left whole", "kinds": "only {} groups pruned"}
     return " and ".join(words[k].format(_text(v)) for k, v in _changed(settings).items())
 
 
@@ -603,6 +604,9 @@ def main(argv=None) -> None:
     parser.add_argument("--keep-layers", default="",
                         help="quality, speed: LoRAShear alone with these decoder layers left whole (comma-separated, "
                              "negative from the end; LLM-Pruner's choice is 0,1,2,3,-2,-1)")
+    parser.add_argument("--kinds", default="attention_head,ffn",
+                        help="quality, speed: LoRAShear alone pruning only these group kinds (comma-separated: "
+                             "attention_head, ffn; the peers' LLM-Pruner recipe ends with every head kept)")
     args = parser.parse_args(argv)
     from shear_graph.cli import layer_indices
 
@@ -612,7 +616,10 @@ def main(argv=None) -> None:
         keep = layer_indices(args.keep_layers)
     except ValueError:
         parser.error(f"--keep-layers takes comma-separated layer indices such as 0,1,-1, got {args.keep_layers!r}")
-    variant = {"layer_shares": args.layer_shares, "distill": args.distill, "keep_layers": keep}
+    kinds = tuple(sorted({k.strip() for k in args.kinds.split(",")}))
+    if not kinds or not set(kinds) <= {"attention_head", "ffn"}:
+        parser.error(f"--kinds takes attention_head and/or ffn, comma-separated, got {args.kinds!r}")
+    variant = {"layer_shares": args.layer_shares, "distill": args.distill, "keep_layers": keep, "kinds": kinds}
     if args.part == "child":
         if not args.args or args.args[0] not in CHILDREN:
             parser.error(f"child needs a tool ({', '.join(CHILDREN)}) and its arguments")

@@ -26,7 +26,7 @@ def _fail(message: str) -> None:
 PRUNE_FLAGS = {"ratio": "--ratio", "baseline": "--baseline", "eval_limit": "--eval-limit", "eval_tasks": "--tasks",
                "n_periods": "--n-periods", "period_steps": "--period-steps", "recovery_steps": "--recovery-steps",
                "lora_rank": "--lora-rank", "layer_shares": "--layer-shares", "distill": "--distill",
-               "keep_layers": "--keep-layers", "dtype": "--dtype", "data_dir": "--data-dir",
+               "keep_layers": "--keep-layers", "kinds": "--kinds", "dtype": "--dtype", "data_dir": "--data-dir",
                "eval_data_dir": "--data-dir",
                "resume=True": "--resume", "overwrite=True": "--overwrite"}
 ANALYZE_FLAGS = {"fraction": "--fraction", "unprunable_ratio": "--unprunable-ratio"}
@@ -393,6 +393,8 @@ def prune(
                                     "counts from the end (LLM-Pruner keeps 0,1,2,3,-2,-1). Default: none"),
     distill: float = typer.Option(DEFAULTS.distill, help="Weight from 0 to 1 of distillation from the dense model "
                                   "in LHSPG's loss (0: language-modelling loss only)"),
+    kinds: str = typer.Option(",".join(DEFAULTS.kinds), help="Group kinds LHSPG and the baseline prune, "
+                              "comma-separated: attention_head, ffn (ffn alone keeps every attention head)"),
     device: str = typer.Option("cpu", help="cpu, cuda, cuda:1, ..."),
     dtype: str = typer.Option("float32", help="float32, bfloat16 or float16 (bf16 on GPU)"),
     overwrite: bool = typer.Option(False, help="Replace OUT if it exists"),
@@ -423,7 +425,8 @@ def prune(
     settings = PruneSettings(ratio=ratio, baseline=None if baseline == "none" else baseline, eval_limit=eval_limit,
                              n_periods=n_periods, period_steps=period_steps, recovery_steps=recovery_steps,
                              lora_rank=lora_rank, layer_shares=layer_shares, distill=distill, keep_layers=kept,
-                             device=device, dtype=dtype, eval_tasks=chosen)
+                             kinds=tuple(k.strip() for k in kinds.split(",")), device=device, dtype=dtype,
+                             eval_tasks=chosen)
     try:
         settings.check()
     except sg.ShearGraphError as e:

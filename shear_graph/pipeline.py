@@ -46,6 +46,9 @@ def known_tasks() -> list:
     return sorted(TASKS) + sorted(TEXTS)
 
 
+PRUNED_KINDS = ("attention_head", "ffn")
+
+
 @dataclass
 class PruneSettings:
     """Every knob of :func:`prune`, recorded in ``results.json``.
@@ -55,7 +58,7 @@ class PruneSettings:
     """
 
     ratio: float = 0.2
-    kinds: tuple = ("attention_head", "ffn")
+    kinds: tuple = PRUNED_KINDS  # ("ffn",) leaves every attention head (LLM-Pruner-style rows at small ratios)
     saliency: str = "taylor"
     baseline: str | None = "taylor"
     block_len: int = 128
@@ -108,6 +111,10 @@ class PruneSettings:
             raise ShearGraphError(f"dtype must be float32, bfloat16 or float16, got {self.dtype}")
         if self.eval_limit is not None and self.eval_limit < 1:
             raise ShearGraphError(f"eval_limit must be at least 1 (or None for every item), got {self.eval_limit}")
+        if (not isinstance(self.kinds, (tuple, list)) or not self.kinds
+                or not set(self.kinds) <= set(PRUNED_KINDS)):
+            raise ShearGraphError(f"kinds must name one or both of {', '.join(PRUNED_KINDS)} (the removal-group "
+                                  f"types LHSPG prunes), got {self.kinds!r}")
         check_analysis_settings(self.fraction, self.unprunable_ratio)
         check_distill(self.distill)
         if not isinstance(self.keep_layers, (tuple, list)) or not all(

@@ -163,6 +163,9 @@ def test_bad_settings_are_named(tiny, tmp_path):
         prune(*tiny, out=tmp_path / "o", settings=settings(layer_shares="owl"), progress=False)
     with pytest.raises(ShearGraphError, match="distill must be a number from 0"):
         prune(*tiny, out=tmp_path / "o", settings=settings(distill=1.5), progress=False)
+    for kinds in ("ffn", (), ("ffn", "hidden")):  # a bare string would be read letter by letter
+        with pytest.raises(ShearGraphError, match="kinds must name one or both of attention_head, ffn"):
+            prune(*tiny, out=tmp_path / "o", settings=settings(kinds=kinds), progress=False)
     with pytest.raises(sg.PlanError, match="keep_layers must be integers from -2 to 1"):
         prune(*tiny, out=tmp_path / "o", settings=settings(keep_layers=(5,)), overwrite=True, progress=False)
     with pytest.raises(ShearGraphError, match=r"keep_layers must be a tuple of decoder-layer indices .* got \(0, 1.5\)"):
@@ -199,15 +202,18 @@ def test_full_disk_at_the_final_save_leaves_nothing_half_written(tiny, finished,
     assert (out / "results.json").exists() and sg.load_pruned(out / "model") is not None
 
 
-def test_knowledge_layer_shares_kept_layers_and_distillation_reach_lhspg(tiny, finished, tmp_path):
+def test_knowledge_layer_shares_kept_layers_kinds_and_distillation_reach_lhspg(tiny, finished, tmp_path):
     result = prune(*tiny, out=tmp_path / "o", settings=settings(layer_shares="knowledge", distill=0.5,
-                                                                 keep_layers=(-1,), recovery_steps=0, baseline=None),
+                                                                 keep_layers=(-1,), kinds=("ffn",), recovery_steps=0,
+                                                                 baseline=None),
                    domains=tiny_domains(), progress=False)
     shares = sg.KnowledgeMap.from_json(json.dumps(result.knowledge)).prune_shares()
     last = {g: 0.0 for g in shares if g.endswith(".L1")}
     assert last and result.lhspg["settings"]["shares"] == {**shares, **last} and len(set(shares.values())) > 1
     plan = json.loads((tmp_path / "o" / "plan.json").read_text())
     assert all(not r["group"].endswith(".L1") for r in plan["removals"])
+    assert plan["removals"] and all(r["kind"] == "ffn" for r in plan["removals"])
+    assert any(r["kind"] == "attention_head" for r in json.loads((finished.out / "plan.json").read_text())["removals"])
     assert result.lhspg["settings"]["distill"] == 0.5 and "distill_kl" in result.lhspg["history"][-1]
     assert finished.lhspg["settings"]["shares"] is None  # the default: one share for every group
     assert finished.lhspg["settings"]["distill"] == 0.0
