@@ -42,7 +42,7 @@ def _as_flags(message: str, flags: dict) -> str:
     """``message`` with Python setting names replaced by the command's flags."""
     import re
 
-    named = re.sub(r"(?<![\w-])(" + "|".join(re.escape(k) for k in sorted(flags, key=len, reverse=True))
+    named = re.sub(r"(?<![\w.-])(" + "|".join(re.escape(k) for k in sorted(flags, key=len, reverse=True))
                    + r")(?![\w-])", lambda m: flags[m.group(1)], message)
     return re.sub(r"(--[\w-]+) \((\1[^)]*)\)", r"\2", named)  # "--ratio (--ratio)" -> "--ratio"
 

@@ -49,6 +49,13 @@ def known_tasks() -> list:
 PRUNED_KINDS = ("attention_head", "ffn")
 
 
+# settings no stage before LHSPG reads: a run stopped before LHSPG finished resumes with them changed,
+# keeping its dense evaluation and knowledge analysis
+LHSPG_ONWARD = {"ratio", "kinds", "layer_shares", "keep_layers", "warmup_steps", "n_periods", "period_steps",
+                "final_steps", "lhspg_lr", "distill", "recovery_steps", "recovery_lr", "update_every", "lora_rank",
+                "lora_alpha", "baseline"}
+
+
 @dataclass
 class PruneSettings:
     """Every knob of :func:`prune`, recorded in ``results.json``.
@@ -111,6 +118,9 @@ class PruneSettings:
             raise ShearGraphError(f"dtype must be float32, bfloat16 or float16, got {self.dtype}")
         if self.eval_limit is not None and self.eval_limit < 1:
             raise ShearGraphError(f"eval_limit must be at least 1 (or None for every item), got {self.eval_limit}")
+        if isinstance(self.kinds, str):
+            raise ShearGraphError(f"kinds must be a tuple of group kinds such as ('ffn',), not the string "
+                                  f"{self.kinds!r}")
         if (not isinstance(self.kinds, (tuple, list)) or not self.kinds
                 or not set(self.kinds) <= set(PRUNED_KINDS)):
             raise ShearGraphError(f"kinds must name one or both of {', '.join(PRUNED_KINDS)} (the removal-group "
@@ -342,7 +352,9 @@ def prune(model: nn.Module | None = None, tokenizer=None, *, out, settings: Prun
     overwrite, resume : bool
         ``out`` existing is refused unless one is given: ``overwrite`` starts
         afresh, ``resume`` continues from ``out/.work`` (refused when there is
-        no unfinished run there).
+        no unfinished run there, or with other settings; until LHSPG has
+        finished, the settings of :data:`LHSPG_ONWARD` such as ``ratio`` may
+        change, keeping the dense evaluation and the knowledge analysis).
     keep_work : bool
         Keep ``out/.work`` (the stage cache: every intermediate model, about
         1.7 GB for SmolLM2-135M) after a finished run; by default it is
@@ -400,8 +412,16 @@ def prune(model: nn.Module | None = None, tokenizer=None, *, out, settings: Prun
     saved = work.json("settings")
     changed = sorted(k for k in recorded if resume and k in saved and saved[k] != recorded[k])  # older runs lack keys
     if changed:
-        raise ShearGraphError(f"--resume with different settings ({', '.join(changed)}); use the same settings "
-                              "or --overwrite")
+        lhspg_done = work.json("lhspg") is not None or (work.dir / "lhspg_pruned" / "config.json").exists()
+        earlier = [k for k in changed if k not in LHSPG_ONWARD]
+        if lhspg_done:
+            raise ShearGraphError(f"--resume with different settings ({', '.join(changed)}); use the same settings "
+                                  "or --overwrite")
+        if earlier:
+            raise ShearGraphError(f"--resume with different settings ({', '.join(changed)}): {', '.join(earlier)} "
+                                  "fed the stages already finished; use the same value or --overwrite (until LHSPG "
+                                  "has finished, only its and later stages' settings, such as ratio, may change)")
+        shutil.rmtree(work.dir / "lhspg", ignore_errors=True)  # its checkpoint was made under the old settings
     say = tqdm.write if progress else (lambda message: None)
     for note in notes:
         say(f"note: {note}")
@@ -477,6 +497,7 @@ def prune(model: nn.Module | None = None, tokenizer=None, *, out, settings: Prun
 
     pruned = work.model("lhspg_pruned", device, dtype)
     if pruned is None:
+        _check_reachable_after_analysis(model, groups, km, settings, out)
         result = timed("LHSPG", lambda: lhspg_prune(
             model, train_all, settings.ratio, knowledge=km, kinds=settings.kinds, saliency=settings.saliency,
             shares=_lhspg_shares(km, groups, settings),
@@ -562,13 +583,26 @@ def _check_reachable_plan(model: nn.Module, groups: list, settings: PruneSetting
     largest reachable ratio), or when a kept layer index is outside the model."""
     check_reachable(model, groups, settings.ratio, settings.kinds,
                     note=" even before the knowledge analysis keeps its unprunable clusters whole; choose a smaller "
-                         "ratio (--ratio) or more group kinds (PruneSettings.kinds)")
+                         "ratio (--ratio) or more kinds (--kinds)")
     kept = keep_layer_shares(groups, settings.keep_layers)
     most = max_removable(model, groups, settings.kinds, list(kept)) if kept else 1.0
     if most < settings.ratio:
         raise PlanError(f"ratio {settings.ratio} cannot be reached with keep_layers {list(settings.keep_layers)} left "
                         f"whole: at most {most:.3f} of the parameters are removable in the other layers; keep fewer "
                         "layers (keep_layers) or choose a smaller ratio (--ratio)")
+
+
+def _check_reachable_after_analysis(model: nn.Module, groups: list, km: KnowledgeMap, settings: PruneSettings,
+                                    out: Path) -> None:
+    """The ratio against the analysis's unprunable clusters (and the shares), before
+    LHSPG: a :class:`PlanError` that says the finished stages are kept and how to go on."""
+    try:
+        plan_by_saliency(model, groups, compute_saliency(model, groups, "magnitude"), settings.ratio, settings.kinds,
+                         km, _lhspg_shares(km, groups, settings))
+    except PlanError as e:
+        raise PlanError(f"{str(e).splitlines()[0]}. The dense evaluation and the knowledge analysis are kept in "
+                        f"{out}; the ratio does not change them: continue with a smaller ratio (--ratio) and "
+                        "resume=True (--resume)") from None
 
 
 def _lhspg_shares(km: KnowledgeMap, groups: list, settings: PruneSettings) -> dict | None:

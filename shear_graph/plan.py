@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from .errors import PlanError
+from .groups import KINDS
 from .trace import base_model_of, fingerprint, is_adapter_param
 
 
@@ -252,10 +253,24 @@ def check_ratio(ratio) -> None:
         raise PlanError(f"ratio must be in [0, 1), got {ratio}")
 
 
+def kind_set(kinds) -> set | None:
+    """``kinds`` (an iterable of group kinds, see :data:`~shear_graph.groups.KINDS`) as a
+    set; None or empty for every kind. Raises :class:`PlanError` for a bare string
+    (it would be read letter by letter) or a name that is not a group kind."""
+    if not kinds:
+        return None
+    if isinstance(kinds, str) or not all(isinstance(k, str) for k in kinds):
+        raise PlanError(f"kinds must be a list or tuple of group kinds such as ('ffn',), got {kinds!r}")
+    unknown = sorted(set(kinds) - set(KINDS))
+    if unknown:
+        raise PlanError(f"unknown group kinds {unknown}; the kinds are {', '.join(KINDS)}")
+    return set(kinds)
+
+
 def max_removable(model: torch.nn.Module, groups: list, kinds=None, exclude=()) -> float:
     """The largest share of the parameters any plan can remove: every selected
     group down to one channel (``kinds`` and ``exclude`` as in :func:`plan_by_saliency`)."""
-    kinds = set(kinds) if kinds else None
+    kinds = kind_set(kinds)
     excluded = set(getattr(exclude, "unprunable_groups", exclude))
     chans = {g.id: list(range(1, g.n_channels)) for g in groups
              if (kinds is None or g.kind in kinds) and g.id not in excluded}
@@ -268,7 +283,10 @@ def check_reachable(model: torch.nn.Module, groups: list, ratio: float, kinds=No
     over ``kinds`` (less ``exclude``) can remove ``ratio`` of the parameters."""
     best = max_removable(model, groups, kinds, exclude)
     if best < ratio:
-        excluded = set(getattr(exclude, "unprunable_groups", exclude))
+        kinds = kind_set(kinds)
+        # only the exclusions among the kinds pruned narrow the reach
+        excluded = set(getattr(exclude, "unprunable_groups", exclude)) & {
+            g.id for g in groups if kinds is None or g.kind in kinds}
         raise PlanError(
             f"ratio {ratio} cannot be reached with group kinds {sorted(kinds) if kinds else 'all'}"
             f"{f' and {len(excluded)} groups excluded as unprunable' if excluded else ''}: "
@@ -342,12 +360,12 @@ def plan_by_saliency(model: torch.nn.Module, groups: list, saliency, ratio: floa
     Raises
     ------
     PlanError
-        ``ratio`` outside [0, 1), a share negative or not finite, or ``ratio``
-        not reachable with the kinds, exclusions and shares given (the message
-        gives the largest reachable ratio).
+        ``ratio`` outside [0, 1), ``kinds`` a bare string or not group kinds, a
+        share negative or not finite, or ``ratio`` not reachable with the kinds,
+        exclusions and shares given (the message gives the largest reachable ratio).
     """
     check_ratio(ratio)
-    kinds = set(kinds) if kinds else None
+    kinds = kind_set(kinds)
     excluded = set(getattr(exclude, "unprunable_groups", exclude))
     chosen = [g for g in groups if (kinds is None or g.kind in kinds) and g.id not in excluded]
     order = {g.id: np.argsort(saliency.scores[g.id], kind="stable").tolist() for g in chosen}

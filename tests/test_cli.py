@@ -229,3 +229,12 @@ def test_prune_tasks_none_means_no_zero_shot_evaluation(tmp_path, monkeypatch):
     monkeypatch.setattr(pipeline, "prune", job)
     result = run("prune", "--tasks", "none", "--out", tmp_path / "out")
     assert result.exit_code == 2 and "stop here" in result.output and seen["tasks"] == ()
+
+
+def test_setting_names_become_flags_only_as_whole_words():
+    from shear_graph.cli import PRUNE_FLAGS, _as_flags
+
+    assert _as_flags("choose a smaller ratio (--ratio) or more kinds (--kinds)", PRUNE_FLAGS) == (
+        "choose a smaller --ratio or more --kinds")
+    assert _as_flags("see PruneSettings.kinds and kinds_x", PRUNE_FLAGS) == "see PruneSettings.kinds and kinds_x"
+

@@ -87,16 +87,33 @@ def test_unreachable_ratio_says_the_largest_that_can(tiny, tmp_path):
     assert not (tmp_path / "out" / ".work" / "stages.json").exists()  # refused before any evaluation
 
 
-def test_ratio_unreachable_only_after_the_analysis_names_the_exclusions(tiny, tmp_path):
+def test_ratio_unreachable_only_after_the_analysis_names_the_exclusions_and_resumes_smaller(tiny, tmp_path,
+                                                                                            monkeypatch):
     model, _ = tiny
     groups = sg.find_groups(sg.trace(model))
     from shear_graph.plan import max_removable
 
     no_exclusion = max_removable(model, groups, ("attention_head", "ffn"))
     ratio = round(no_exclusion - 0.01, 3)
-    with pytest.raises(PlanError, match=r"groups excluded as unprunable: at most 0.[0-9]+ of the parameters"):
-        prune(*tiny, out=tmp_path / "out", settings=settings(ratio=ratio, unprunable_ratio=0.5),
-              domains=tiny_domains(), progress=False)
+    out = tmp_path / "out"
+    with pytest.raises(PlanError, match=r"groups excluded as unprunable: at most 0.[0-9]+ of the parameters.*"
+                                        r"knowledge analysis are kept .*continue with a smaller ratio"):
+        prune(*tiny, out=out, settings=settings(ratio=ratio, unprunable_ratio=0.5), domains=tiny_domains(),
+              progress=False)
+    analysis = (out / ".work" / "knowledge.json").read_text()
+    with pytest.raises(ShearGraphError, match=r"different settings \(fraction, ratio\): fraction fed the stages "
+                                                 r"already finished.*only its and later stages'"):
+        prune(*tiny, out=out, settings=settings(ratio=0.1, unprunable_ratio=0.5, fraction=0.5),
+              domains=tiny_domains(), resume=True, progress=False)
+
+    def analysed_again(*args, **kwargs):
+        raise AssertionError("the knowledge analysis ran again; the ratio does not change it")
+
+    monkeypatch.setattr("shear_graph.pipeline.analyze_knowledge", analysed_again)
+    result = prune(*tiny, out=out, settings=settings(ratio=0.1, unprunable_ratio=0.5), domains=tiny_domains(),
+                   resume=True, progress=False)
+    assert result.settings["ratio"] == 0.1 and result.knowledge == json.loads(analysis)
+    assert 1 - result.stages["lhspg_pruned"]["params"] / result.stages["dense"]["params"] == pytest.approx(0.1, abs=0.02)
 
 
 def test_killed_run_resumes_to_the_same_plan(tiny, finished, tmp_path, monkeypatch):
@@ -163,9 +180,12 @@ def test_bad_settings_are_named(tiny, tmp_path):
         prune(*tiny, out=tmp_path / "o", settings=settings(layer_shares="owl"), progress=False)
     with pytest.raises(ShearGraphError, match="distill must be a number from 0"):
         prune(*tiny, out=tmp_path / "o", settings=settings(distill=1.5), progress=False)
-    for kinds in ("ffn", (), ("ffn", "hidden")):  # a bare string would be read letter by letter
+    for kinds in ((), ("ffn", "hidden")):
         with pytest.raises(ShearGraphError, match="kinds must name one or both of attention_head, ffn"):
             prune(*tiny, out=tmp_path / "o", settings=settings(kinds=kinds), progress=False)
+    with pytest.raises(ShearGraphError, match=r"kinds must be a tuple of group kinds such as \('ffn',\), not the "
+                                              r"string 'ffn'"):  # it would be read letter by letter
+        prune(*tiny, out=tmp_path / "o", settings=settings(kinds="ffn"), progress=False)
     with pytest.raises(sg.PlanError, match="keep_layers must be integers from -2 to 1"):
         prune(*tiny, out=tmp_path / "o", settings=settings(keep_layers=(5,)), overwrite=True, progress=False)
     with pytest.raises(ShearGraphError, match=r"keep_layers must be a tuple of decoder-layer indices .* got \(0, 1.5\)"):

@@ -89,6 +89,22 @@ def test_unreachable_ratio_names_the_largest_reachable(llama):
         sg.plan_by_magnitude(model, groups, 0.9, kinds=["attention_head"])
 
 
+def test_kinds_as_a_bare_string_or_unknown_names_are_refused(llama):
+    model, groups = llama
+    with pytest.raises(sg.PlanError, match=r"kinds must be a list or tuple of group kinds such as \('ffn',\), got 'ffn'"):
+        sg.plan_by_magnitude(model, groups, 0.2, kinds="ffn")
+    with pytest.raises(sg.PlanError, match=r"unknown group kinds \['FFN', 'bogus'\]; the kinds are attention_head"):
+        sg.plan_by_magnitude(model, groups, 0.2, kinds=("ffn", "bogus", "FFN"))
+
+
+def test_unreachable_ratio_counts_only_the_exclusions_among_its_kinds(llama):
+    model, groups = llama
+    heads = [g.id for g in groups if g.kind == "attention_head"]
+    ffn = [g.id for g in groups if g.kind == "ffn"]
+    with pytest.raises(sg.PlanError, match=r"kinds \['ffn'\] and 1 groups excluded as unprunable"):
+        sg.plan_by_magnitude(model, groups, 0.9, kinds=["ffn"], exclude=heads + ffn[:1])
+
+
 def test_plan_for_another_model_is_refused(llama):
     model, groups = llama
     plan = sg.plan_by_magnitude(model, groups, 0.2)
