@@ -416,19 +416,19 @@ def prune(model: nn.Module | None = None, tokenizer=None, *, out, settings: Prun
         earlier = [k for k in changed if k not in LHSPG_ONWARD]
         if lhspg_done:
             raise ShearGraphError(f"--resume with different settings ({', '.join(changed)}); use the same settings "
-                                  "or --overwrite")
+                                  "or --overwrite (LHSPG has finished under the old ones)")
         if earlier:
             raise ShearGraphError(f"--resume with different settings ({', '.join(changed)}): {', '.join(earlier)} "
                                   "fed the stages already finished; use the same value or --overwrite (until LHSPG "
                                   "has finished, only its and later stages' settings, such as ratio, may change)")
-        shutil.rmtree(work.dir / "lhspg", ignore_errors=True)  # its checkpoint was made under the old settings
     say = tqdm.write if progress else (lambda message: None)
     for note in notes:
         say(f"note: {note}")
     if resume:
         finished = list(work.json("stages") or {}) + [s for s in ("knowledge", "lhspg") if work.json(s)]
         say(f"resuming {out}: kept from the last run: {', '.join(finished) or 'nothing finished yet'}")
-    work.put_json("settings", recorded)
+    if not changed:  # new settings are recorded only once LHSPG restarts under them (below)
+        work.put_json("settings", recorded)
     device, dtype = torch.device(settings.device), getattr(torch, settings.dtype)
     if model is None:
         say("loading the default model (SmolLM2-135M; de-quantized and cached on first use)")
@@ -498,6 +498,9 @@ def prune(model: nn.Module | None = None, tokenizer=None, *, out, settings: Prun
     pruned = work.model("lhspg_pruned", device, dtype)
     if pruned is None:
         _check_reachable_after_analysis(model, groups, km, settings, out)
+        if changed:  # only now: a refused or failed resume keeps the old settings and their LHSPG checkpoint
+            shutil.rmtree(work.dir / "lhspg", ignore_errors=True)
+            work.put_json("settings", recorded)
         result = timed("LHSPG", lambda: lhspg_prune(
             model, train_all, settings.ratio, knowledge=km, kinds=settings.kinds, saliency=settings.saliency,
             shares=_lhspg_shares(km, groups, settings),

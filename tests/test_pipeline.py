@@ -142,6 +142,36 @@ def test_killed_run_resumes_to_the_same_plan(tiny, finished, tmp_path, monkeypat
         prune(*tiny, out=out, settings=settings(), domains=tiny_domains(), resume=True, progress=False)
 
 
+def test_a_refused_resume_with_a_new_ratio_keeps_the_lhspg_checkpoint(tiny, tmp_path, monkeypatch):
+    import shear_graph.progressive as progressive
+
+    real, saved = progressive._save_state, []
+
+    def killed_after_first_save(*args, **kwargs):
+        real(*args, **kwargs)
+        saved.append(1)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(progressive, "_save_state", killed_after_first_save)
+    out = tmp_path / "out"
+    with pytest.raises(KeyboardInterrupt):
+        prune(*tiny, out=out, settings=settings(recovery_steps=0, baseline=None), domains=tiny_domains(),
+              progress=False)
+    monkeypatch.setattr(progressive, "_save_state", real)
+    checkpoint = out / ".work" / "lhspg" / progressive.CHECKPOINT
+    assert saved and checkpoint.exists()
+    with pytest.raises(PlanError, match="at most"):
+        prune(*tiny, out=out, settings=settings(ratio=0.99, recovery_steps=0, baseline=None),
+              domains=tiny_domains(), resume=True, progress=False)
+    assert checkpoint.exists() and json.loads((out / ".work" / "settings.json").read_text())["ratio"] == 0.2
+    loaded = []
+    real_load = progressive._load_state
+    monkeypatch.setattr(progressive, "_load_state", lambda *a, **k: loaded.append(1) or real_load(*a, **k))
+    prune(*tiny, out=out, settings=settings(recovery_steps=0, baseline=None), domains=tiny_domains(), resume=True,
+          progress=False)
+    assert loaded  # the old run's LHSPG progress was picked up, not redone
+
+
 def test_resume_without_a_run_to_continue_is_refused(tiny, tmp_path):
     with pytest.raises(ShearGraphError, match="no unfinished run there"):
         prune(*tiny, out=tmp_path / "never-run", settings=settings(), resume=True, progress=False)
