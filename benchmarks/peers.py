@@ -608,7 +608,7 @@ def main(argv=None) -> None:
                         help="quality, speed: LoRAShear alone pruning only these group kinds (comma-separated: "
                              "attention_head, ffn; the peers' LLM-Pruner recipe ends with every head kept)")
     args = parser.parse_args(argv)
-    from shear_graph.cli import layer_indices
+    from shear_graph.cli import kind_names, layer_indices
 
     if not 0 <= args.distill <= 1:
         parser.error(f"--distill is a weight from 0 to 1, got {args.distill}")
@@ -616,7 +616,7 @@ def main(argv=None) -> None:
         keep = layer_indices(args.keep_layers)
     except ValueError:
         parser.error(f"--keep-layers takes comma-separated layer indices such as 0,1,-1, got {args.keep_layers!r}")
-    kinds = tuple(sorted({k.strip() for k in args.kinds.split(",")}))
+    kinds = tuple(sorted(set(kind_names(args.kinds))))
     if not kinds or not set(kinds) <= {"attention_head", "ffn"}:
         parser.error(f"--kinds takes attention_head and/or ffn, comma-separated, got {args.kinds!r}")
     variant = {"layer_shares": args.layer_shares, "distill": args.distill, "keep_layers": keep, "kinds": kinds}

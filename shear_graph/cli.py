@@ -38,6 +38,12 @@ def layer_indices(text: str) -> tuple:
     return tuple(int(x) for x in text.split(",")) if text != "" else ()
 
 
+def kind_names(text: str) -> tuple:
+    """``"ffn, attention_head"`` -> ``("ffn", "attention_head")``: items stripped, none dropped
+    (an empty item stays, for the settings check to refuse)."""
+    return tuple(k.strip() for k in text.split(","))
+
+
 def _as_flags(message: str, flags: dict) -> str:
     """``message`` with Python setting names replaced by the command's flags."""
     import re
@@ -425,7 +431,7 @@ def prune(
     settings = PruneSettings(ratio=ratio, baseline=None if baseline == "none" else baseline, eval_limit=eval_limit,
                              n_periods=n_periods, period_steps=period_steps, recovery_steps=recovery_steps,
                              lora_rank=lora_rank, layer_shares=layer_shares, distill=distill, keep_layers=kept,
-                             kinds=tuple(k.strip() for k in kinds.split(",")), device=device, dtype=dtype,
+                             kinds=kind_names(kinds), device=device, dtype=dtype,
                              eval_tasks=chosen)
     try:
         settings.check()
