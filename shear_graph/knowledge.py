@@ -183,7 +183,8 @@ def check_analysis_settings(fraction: float, unprunable_ratio: float) -> None:
 
 
 def analyze_knowledge(model: nn.Module, groups: list, saliency, eval_blocks: torch.Tensor, fraction: float = 0.25,
-                      unprunable_ratio: float = 0.2, batch_size: int = 8, split: dict | None = None) -> KnowledgeMap:
+                      unprunable_ratio: float = 0.2, batch_size: int = 8, split: dict | None = None,
+                      progress: bool = True) -> KnowledgeMap:
     """Measure how much each group cluster matters.
 
     Masking happens in place on one working copy of ``model``, slice by slice,
@@ -204,6 +205,8 @@ def analyze_knowledge(model: nn.Module, groups: list, saliency, eval_blocks: tor
         never all of a group.
     unprunable_ratio : float
         Share of clusters (largest loss increase first) marked unprunable, in [0, 1].
+    progress : bool
+        Show a tqdm bar over the clusters.
 
     Returns
     -------
@@ -224,7 +227,8 @@ def analyze_knowledge(model: nn.Module, groups: list, saliency, eval_blocks: tor
     params = dict(work.named_parameters(remove_duplicate=False))
     base = held_out_loss(work, eval_blocks, batch_size)
     clusters = []
-    for cid, members in tqdm(clusters_of(groups).items(), desc="knowledge analysis", unit="cluster"):
+    for cid, members in tqdm(clusters_of(groups).items(), desc="knowledge analysis", unit="cluster",
+                              disable=not progress):
         removed = {}
         for g in members:
             k = min(max(1, math.ceil(fraction * g.n_channels)), g.n_channels - 1)

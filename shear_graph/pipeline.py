@@ -9,6 +9,7 @@ it stopped and reaches the same plan.
 from __future__ import annotations
 
 import copy
+import functools
 import json
 import math
 import numbers
@@ -16,6 +17,7 @@ import os
 import shutil
 import statistics
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -291,7 +293,8 @@ def zero_shot_sources(tasks, data_dir=None) -> tuple:
     return folder, tasks, None
 
 
-def _evaluate(model, tokenizer, eval_blocks: dict, settings: PruneSettings, tasks, data_dir, exclude) -> dict:
+def _evaluate(model, tokenizer, eval_blocks: dict, settings: PruneSettings, tasks, data_dir, exclude,
+              progress: bool) -> dict:
     from .evaluation import evaluate
 
     row = {"params": count_params(model),
@@ -299,7 +302,7 @@ def _evaluate(model, tokenizer, eval_blocks: dict, settings: PruneSettings, task
                           for d, b in eval_blocks.items()}}
     if tasks:
         report = evaluate(model, tokenizer, tasks, data_dir=data_dir, limit=settings.eval_limit,
-                          seq_len=settings.seq_len, batch_size=16, exclude=exclude, progress=True)
+                          seq_len=settings.seq_len, batch_size=16, exclude=exclude, progress=progress)
         for r in report.results:
             if r.metric == "perplexity":
                 row["wikitext2"] = {"perplexity": r.value, "seq_len": r.seq_len, "tokens": r.n}
@@ -313,6 +316,30 @@ def _evaluate(model, tokenizer, eval_blocks: dict, settings: PruneSettings, task
     return row
 
 
+@contextmanager
+def _transformers_bars(show: bool):
+    """transformers' own bars (writing and loading shards) follow ``progress`` too; its global switch is restored."""
+    from transformers.utils import logging as hf_logging
+
+    hide = not show and hf_logging.is_progress_bar_enabled()
+    if hide:
+        hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if hide:
+            hf_logging.enable_progress_bar()
+
+
+def _bars_follow_progress(fn):
+    @functools.wraps(fn)
+    def wrapper(*args, progress: bool = True, **kwargs):
+        with _transformers_bars(progress):
+            return fn(*args, progress=progress, **kwargs)
+    return wrapper
+
+
+@_bars_follow_progress
 def prune(model: nn.Module | None = None, tokenizer=None, *, out, settings: PruneSettings | None = None,
           domains: list | None = None, data_dir=None, overwrite: bool = False, resume: bool = False,
           report=None, progress: bool = True, peers: dict | None = None,
@@ -472,7 +499,7 @@ def prune(model: nn.Module | None = None, tokenizer=None, *, out, settings: Prun
     def stage_eval(name, m, with_tasks=True):
         if name not in stages:
             stages[name] = timed(f"evaluate {name}", lambda: _evaluate(
-                m, tokenizer, eval_blocks, settings, tasks if with_tasks else [], data, exclude))
+                m, tokenizer, eval_blocks, settings, tasks if with_tasks else [], data, exclude, progress))
             work.put_json("stages", stages)
 
     groups = find_groups(trace(model))
@@ -487,9 +514,10 @@ def prune(model: nn.Module | None = None, tokenizer=None, *, out, settings: Prun
     if km_json is None:
         def analysis():
             sal = compute_saliency(model, groups, settings.saliency, calib,
-                                   batch_size=settings.batch_size, split=split)
+                                   batch_size=settings.batch_size, split=split, progress=progress)
             return analyze_knowledge(model, groups, sal, torch.cat(list(probe.values())), settings.fraction,
-                                     settings.unprunable_ratio, batch_size=settings.batch_size, split=split)
+                                     settings.unprunable_ratio, batch_size=settings.batch_size, split=split,
+                                     progress=progress)
         km = timed("knowledge analysis", analysis)
         work.put_json("knowledge", json.loads(km.to_json()))
     else:
@@ -545,7 +573,7 @@ def prune(model: nn.Module | None = None, tokenizer=None, *, out, settings: Prun
         if base_pruned is None:
             def one_shot():
                 sal = compute_saliency(model, groups, settings.baseline, calib,
-                                       batch_size=settings.batch_size)
+                                       batch_size=settings.batch_size, progress=progress)
                 removed = 1 - count_params(pruned) / count_params(model)
                 bplan = plan_by_saliency(model, groups, sal, removed, settings.kinds)
                 return apply_plan(model, bplan)

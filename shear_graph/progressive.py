@@ -74,7 +74,7 @@ class LHSPGResult:
 
 def saliency_selector(model: nn.Module, groups: list, ratio: float, n_periods: int, *, method: str = "taylor",
                       blocks: torch.Tensor | None = None, kinds=("attention_head", "ffn"), exclude=(),
-                      shares: dict | None = None, batch_size: int = 4):
+                      shares: dict | None = None, batch_size: int = 4, progress: bool = True):
     """The default ``select`` of :class:`LHSPG`: at period ``p`` the lowest-saliency
     channels that remove ``ratio * (p + 1) / n_periods`` of the parameters
     (:func:`~shear_graph.plan.plan_by_saliency`, so every prunable group loses the
@@ -94,6 +94,8 @@ def saliency_selector(model: nn.Module, groups: list, ratio: float, n_periods: i
     kinds, exclude, shares
         As for :func:`~shear_graph.plan.plan_by_saliency` (a KnowledgeMap's
         unprunable clusters are excluded).
+    progress : bool
+        Show the saliency pass's tqdm bar at each period's start.
 
     Raises
     ------
@@ -107,7 +109,7 @@ def saliency_selector(model: nn.Module, groups: list, ratio: float, n_periods: i
     plan_by_saliency(model, groups, magnitude, ratio, kinds, exclude, shares)  # fail now, not after warm-up
 
     def select(period: int, chosen: dict) -> dict:
-        sal = compute_saliency(model, groups, method, blocks, batch_size=batch_size)
+        sal = compute_saliency(model, groups, method, blocks, batch_size=batch_size, progress=progress)
         for gid, chans in chosen.items():
             sal.scores[gid][chans] = -np.inf
         plan = plan_by_saliency(model, groups, sal, ratios[period], kinds, exclude, shares)
@@ -234,7 +236,8 @@ def lhspg_prune(model: nn.Module, blocks: torch.Tensor, ratio: float, *, knowled
     pick = torch.randperm(len(blocks), generator=torch.Generator().manual_seed(seed))[:4 * batch_size]
     calib = blocks[pick].to(device)
     select = saliency_selector(peft_model, groups, ratio, n_periods, method=saliency, blocks=calib,
-                               kinds=kinds, exclude=knowledge or (), shares=shares, batch_size=batch_size)
+                               kinds=kinds, exclude=knowledge or (), shares=shares, batch_size=batch_size,
+                               progress=progress)
     opt = LHSPG(peft_model, groups, select, lr=lr, warmup_steps=warmup_steps, n_periods=n_periods,
                 period_steps=period_steps, final_steps=final_steps, epsilon=epsilon)
     steps = opt.total_steps

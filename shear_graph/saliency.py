@@ -53,9 +53,10 @@ class SaliencyContext:
     model: nn.Module
     params: dict
     batches: list
+    show: bool = True
 
     def progress(self, desc: str):
-        return tqdm(self.batches, desc=desc, unit="batch", leave=False)
+        return tqdm(self.batches, desc=desc, unit="batch", leave=False, disable=not self.show)
 
 
 def _lm_loss(model, ids):
@@ -166,7 +167,7 @@ class Saliency:
 
 
 def compute_saliency(model: nn.Module, groups: list, method: str = "taylor", blocks=None, batch_size: int = 4,
-                     split: dict | None = None) -> Saliency:
+                     split: dict | None = None, progress: bool = True) -> Saliency:
     """Score every channel of every group.
 
     Parameters
@@ -182,6 +183,8 @@ def compute_saliency(model: nn.Module, groups: list, method: str = "taylor", blo
         criterion says otherwise.
     batch_size : int
         Blocks per forward.
+    progress : bool
+        Show a tqdm bar over the calibration batches.
 
     Returns
     -------
@@ -214,7 +217,7 @@ def compute_saliency(model: nn.Module, groups: list, method: str = "taylor", blo
     was_training = model.training
     model.eval()
     try:
-        elem = crit.fn(SaliencyContext(model, params, batches))
+        elem = crit.fn(SaliencyContext(model, params, batches, progress))
     finally:
         model.train(was_training)
     scores = {}

@@ -74,6 +74,16 @@ def test_recovery_and_lhspg_histories_are_logged(finished):
         assert weights and set(weights[-1]["weights"]) == {"docs", "code"}
 
 
+def test_progress_false_prints_nothing(tiny, tmp_path, capfd):
+    """Every stage's bar (saliency, knowledge analysis, LHSPG, recovery) follows ``progress``."""
+    prune(*tiny, out=tmp_path / "out", settings=settings(baseline="taylor"), domains=tiny_domains(), progress=False)
+    captured = capfd.readouterr()
+    assert captured.out == "" and captured.err == ""
+    from transformers.utils import logging as hf_logging
+
+    assert hf_logging.is_progress_bar_enabled()  # transformers' switch is restored for the caller
+
+
 def test_existing_out_is_refused_without_overwrite_or_resume(tiny, tmp_path):
     (tmp_path / "out").mkdir()
     with pytest.raises(ShearGraphError, match="exists; pass overwrite=True"):
