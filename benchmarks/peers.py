@@ -4,8 +4,8 @@
     .venv/bin/python benchmarks/peers.py quality 0.2 [--general-text] [VARIANT]
                                                     # perplexity, zero-shot and tokens/s, peers beside (about 1 h;
                                                     # VARIANT: --layer-shares knowledge, --distill W, --keep-layers
-                                                    # 0,1,-1, --kinds ffn run LoRAShear alone, beside the base
-                                                    # run's peers)
+                                                    # 0,1,-1, --kinds ffn, --period-steps N run LoRAShear alone,
+                                                    # beside the base run's peers, from its knowledge analysis)
     .venv/bin/python benchmarks/peers.py speed 0.2 [--general-text] [VARIANT]
                                                     # tokens/s of a finished quality run's models, interleaved
     .venv/bin/python benchmarks/peers.py report     # benchmarks/RESULTS.md from benchmarks/results/*.json
@@ -34,6 +34,7 @@ import json
 import os
 import platform
 import resource
+import shutil
 import statistics
 import subprocess
 import sys
@@ -231,7 +232,8 @@ def general_english(max_chars: int = 600_000, seed: int = 0):
 
 # LoRAShear settings a variant run may change, with the base run's values; each becomes a flag of
 # `quality` and `speed`, a suffix of the run's name and a phrase in the report
-VARIANT = {"layer_shares": "uniform", "distill": 0.0, "keep_layers": (), "kinds": ("attention_head", "ffn")}
+VARIANT = {"layer_shares": "uniform", "distill": 0.0, "keep_layers": (), "kinds": ("attention_head", "ffn"),
+           "period_steps": 30}
 
 
 def part_quality(ratio: float, smoke: bool = False, general_text: bool = False, variant: dict | None = None) -> dict:
@@ -244,7 +246,8 @@ def part_quality(ratio: float, smoke: bool = False, general_text: bool = False, 
     A ``variant`` (LoRAShear settings of :data:`VARIANT` that differ from the base
     run's: ``layer_shares="knowledge"``, per-layer shares from the knowledge analysis;
     ``distill``, LHSPG's weight of distillation from the dense model; ``keep_layers``,
-    decoder layers left whole; ``kinds``, the group kinds pruned) runs LoRAShear alone; the report sets its rows beside
+    decoder layers left whole; ``kinds``, the group kinds pruned; ``period_steps``,
+    the length of each of LHSPG's periods) runs LoRAShear alone; the report sets its rows beside
     the peers of the base run, whose split and evaluation blocks are the same (the run
     is seeded; the report checks the dense rows agree)."""
     import shear_graph as sg
@@ -261,17 +264,41 @@ def part_quality(ratio: float, smoke: bool = False, general_text: bool = False, 
     settings = sg.PruneSettings(ratio=ratio, n_eval=16, baseline=None if variant else "taylor", **variant)
     if smoke:
         settings = replace(settings, block_len=32, n_eval=2, n_probe=2, n_train=12, warmup_steps=1, n_periods=2,
-                           period_steps=2, final_steps=1, recovery_steps=4, update_every=2, batch_size=2,
+                           final_steps=1, recovery_steps=4, update_every=2, batch_size=2,
                            lora_rank=4, eval_limit=10)
     domains = default_domains() + ([general_english()] if general_text else [])
     peers = {} if variant else {**PEERS, **({"dense_reference": dense_reference} if general_text else {})}
     model, tok = load_default_model(n_layers=8 if smoke else None)
     out = HERE / "work" / _quality_name(ratio, smoke, general_text, variant)
+    base = HERE / "work" / _quality_name(ratio, smoke, general_text)
+    seeded = bool(variant) and _seed_from_base(out, base)
     result = sg.prune(model, tok, out=out, settings=settings, resume=out.exists(), peers=peers, domains=domains,
                       eval_domains=eval_domains, report=write_prune_report, keep_work=True)
     return {"ratio": ratio, "smoke": smoke, "general_text": general_text, "settings": result.settings,
             "training_domains": {d.name: d.source for d in domains}, "stages": result.stages,
-            "seconds": result.seconds, "report": str(out / "report.html")}
+            "seconds": result.seconds, "report": str(out / "report.html"),
+            **({"analysis_from": base.name} if seeded else {})}
+
+
+def _seed_from_base(out: Path, base: Path) -> bool:
+    """Start a variant's run from the base run's dense evaluation and knowledge
+    analysis, the stages before LHSPG that no :data:`VARIANT` setting feeds (about
+    6 of its 24 minutes here): their files are copied into a new ``out/.work`` and
+    ``sg.prune(resume=True)`` goes on from LHSPG under the variant's settings, as a
+    resume with changed LHSPG-onward settings does; ``sg.prune`` refuses it, naming
+    the setting, if the base run was made with other pre-LHSPG settings. False
+    (nothing copied) when ``out`` exists or the base run has no analysis."""
+    src, dst = base / ".work", out / ".work"
+    if out.exists() or not (src / "knowledge.json").is_file() or not (src / "stages.json").is_file():
+        return False
+    dst.mkdir(parents=True)
+    for name in ("settings.json", "knowledge.json"):
+        shutil.copy2(src / name, dst / name)
+    stages = json.loads((src / "stages.json").read_text())
+    seconds = json.loads((src / "seconds.json").read_text())
+    (dst / "stages.json").write_text(json.dumps({"dense": stages["dense"]}))
+    (dst / "seconds.json").write_text(json.dumps({k: seconds[k] for k in ("evaluate dense", "knowledge analysis")}))
+    return True
 
 
 def _changed(variant: dict | None) -> dict:
@@ -297,7 +324,8 @@ def _flags(general_text: bool, variant: dict | None = None, smoke: bool = False)
 
 
 def _quality_name(ratio: float, smoke: bool, general_text: bool, variant: dict | None = None) -> str:
-    names = {"layer_shares": "{}", "distill": "distill{}", "keep_layers": "keep{}", "kinds": "{}"}
+    names = {"layer_shares": "{}", "distill": "distill{}", "keep_layers": "keep{}", "kinds": "{}",
+             "period_steps": "period{}"}
     variant = "".join("_" + names[k].format(_text(v)) for k, v in _changed(variant).items())
     return f"quality_{ratio}{'_general' if general_text else ''}{variant}{'_smoke' if smoke else ''}"
 
@@ -496,7 +524,8 @@ def _variant(settings: dict) -> str:
     """LoRAShear's settings that differ from the base run's, in words ('' for none)."""
     words = {"layer_shares": "per-layer shares from the {} analysis",
              "distill": "distillation from the dense model in LHSPG, weight {}",
-             "keep_layers": "decoder layers {} left whole", "kinds": "only {} groups pruned"}
+             "keep_layers": "decoder layers {} left whole", "kinds": "only {} groups pruned",
+             "period_steps": "LHSPG periods of {} steps"}
     return " and ".join(words[k].format(_text(v)) for k, v in _changed(settings).items())
 
 
@@ -533,6 +562,10 @@ def _quality_section(q: dict) -> list:
         lines.append(f"| {LABELS.get(method, method)} | {recovered} | {row['params'] / 1e6:.1f} | {ppl} | {zs} | "
                      f"{row['tokens_per_s']:.0f} |")
     analysis = [line for paragraph in q.get("analysis", []) for line in ("", paragraph)]
+    if q.get("analysis_from"):
+        analysis = ["", f"This run's dense evaluation and knowledge analysis were copied from `benchmarks/work/"
+                        f"{q['analysis_from']}` (the stages before LHSPG, which the variant's settings do not feed) "
+                        "and the run resumed from LHSPG; their times are the base run's."] + analysis
     report = q["report"].split("benchmarks/", 1)[-1]
     return lines + ["", *_floors(stages, domains), *analysis, "",
                     f"The run's HTML report, with every curve, is left in `benchmarks/{report}` (not in git).", ""]
@@ -607,6 +640,8 @@ def main(argv=None) -> None:
     parser.add_argument("--kinds", default="attention_head,ffn",
                         help="quality, speed: LoRAShear alone pruning only these group kinds (comma-separated: "
                              "attention_head, ffn; the peers' LLM-Pruner recipe ends with every head kept)")
+    parser.add_argument("--period-steps", type=int, default=VARIANT["period_steps"],
+                        help="quality, speed: LoRAShear alone with LHSPG periods of this many steps (base run: 30)")
     args = parser.parse_args(argv)
     from shear_graph.cli import kind_names, layer_indices
 
@@ -619,7 +654,10 @@ def main(argv=None) -> None:
     kinds = tuple(sorted(set(kind_names(args.kinds))))
     if not kinds or not set(kinds) <= {"attention_head", "ffn"}:
         parser.error(f"--kinds takes attention_head and/or ffn, comma-separated, got {args.kinds!r}")
-    variant = {"layer_shares": args.layer_shares, "distill": args.distill, "keep_layers": keep, "kinds": kinds}
+    if args.period_steps < 1:
+        parser.error(f"--period-steps is at least 1, got {args.period_steps}")
+    variant = {"layer_shares": args.layer_shares, "distill": args.distill, "keep_layers": keep, "kinds": kinds,
+               "period_steps": args.period_steps}
     if args.part == "child":
         if not args.args or args.args[0] not in CHILDREN:
             parser.error(f"child needs a tool ({', '.join(CHILDREN)}) and its arguments")
