@@ -249,7 +249,8 @@ def part_quality(ratio: float, smoke: bool = False, general_text: bool = False, 
     decoder layers left whole; ``kinds``, the group kinds pruned; ``period_steps``,
     the length of each of LHSPG's periods) runs LoRAShear alone; the report sets its rows beside
     the peers of the base run, whose split and evaluation blocks are the same (the run
-    is seeded; the report checks the dense rows agree)."""
+    is seeded; it starts from the base run's knowledge analysis when there is one,
+    see :func:`_seed_from_base`)."""
     import shear_graph as sg
     from shear_graph.data import Domain, default_domains
     from shear_graph.default_model import load_default_model
@@ -272,32 +273,52 @@ def part_quality(ratio: float, smoke: bool = False, general_text: bool = False, 
     out = HERE / "work" / _quality_name(ratio, smoke, general_text, variant)
     base = HERE / "work" / _quality_name(ratio, smoke, general_text)
     seeded = bool(variant) and _seed_from_base(out, base)
-    result = sg.prune(model, tok, out=out, settings=settings, resume=out.exists(), peers=peers, domains=domains,
-                      eval_domains=eval_domains, report=write_prune_report, keep_work=True)
+    try:
+        result = sg.prune(model, tok, out=out, settings=settings, resume=out.exists(), peers=peers,
+                          domains=domains, eval_domains=eval_domains, report=write_prune_report, keep_work=True)
+    except sg.ShearGraphError as e:
+        if seeded and not (out / ".work" / "lhspg").exists():  # refused before LHSPG: only copies to lose
+            shutil.rmtree(out)
+            raise SystemExit(f"the variant cannot start from {base.name}'s analysis ({e}); removed {out}") from e
+        raise
+    marker = out / SEEDED
     return {"ratio": ratio, "smoke": smoke, "general_text": general_text, "settings": result.settings,
             "training_domains": {d.name: d.source for d in domains}, "stages": result.stages,
             "seconds": result.seconds, "report": str(out / "report.html"),
-            **({"analysis_from": base.name} if seeded else {})}
+            **({"analysis_from": marker.read_text().strip()} if marker.exists() else {})}
+
+
+SEEDED = "analysis_from.txt"  # in a variant's folder: the base run its analysis was copied from
 
 
 def _seed_from_base(out: Path, base: Path) -> bool:
     """Start a variant's run from the base run's dense evaluation and knowledge
     analysis, the stages before LHSPG that no :data:`VARIANT` setting feeds (about
-    6 of its 24 minutes here): their files are copied into a new ``out/.work`` and
-    ``sg.prune(resume=True)`` goes on from LHSPG under the variant's settings, as a
-    resume with changed LHSPG-onward settings does; ``sg.prune`` refuses it, naming
-    the setting, if the base run was made with other pre-LHSPG settings. False
-    (nothing copied) when ``out`` exists or the base run has no analysis."""
-    src, dst = base / ".work", out / ".work"
-    if out.exists() or not (src / "knowledge.json").is_file() or not (src / "stages.json").is_file():
+    a quarter of a 20 % run here): their files are copied into a new ``out/.work``
+    (built aside, then renamed) and ``sg.prune(resume=True)`` goes on from LHSPG
+    under the variant's settings, as a resume with changed LHSPG-onward settings
+    does. ``sg.prune`` refuses it, naming the cause, if the base run was made with
+    other pre-LHSPG settings or on other text or blocks. False, nothing copied,
+    when ``out`` exists or the base run has no finished analysis: the variant then
+    runs both stages itself."""
+    src = base / ".work"
+    needed = ("settings.json", "knowledge.json", "stages.json", "seconds.json")
+    if out.exists() or not all((src / name).is_file() for name in needed):
         return False
-    dst.mkdir(parents=True)
-    for name in ("settings.json", "knowledge.json"):
-        shutil.copy2(src / name, dst / name)
     stages = json.loads((src / "stages.json").read_text())
     seconds = json.loads((src / "seconds.json").read_text())
-    (dst / "stages.json").write_text(json.dumps({"dense": stages["dense"]}))
-    (dst / "seconds.json").write_text(json.dumps({k: seconds[k] for k in ("evaluate dense", "knowledge analysis")}))
+    if "dense" not in stages:
+        return False
+    aside = out.with_name(out.name + ".seeding")
+    shutil.rmtree(aside, ignore_errors=True)
+    (aside / ".work").mkdir(parents=True)
+    for name in ("settings.json", "knowledge.json"):
+        shutil.copy2(src / name, aside / ".work" / name)
+    (aside / ".work" / "stages.json").write_text(json.dumps({"dense": stages["dense"]}))
+    (aside / ".work" / "seconds.json").write_text(json.dumps(
+        {k: seconds[k] for k in ("evaluate dense", "knowledge analysis") if k in seconds}))
+    (aside / SEEDED).write_text(base.name)
+    aside.rename(out)
     return True
 
 
@@ -511,10 +532,12 @@ def _beside_base(q: dict, base: dict) -> dict:
     """A LoRAShear-only variant run with the other rows of its base run (same
     seeded split and evaluation blocks), and a note saying so."""
     same = q["stages"]["dense"]["perplexity"] == base["stages"]["dense"]["perplexity"]
+    agreed = (" (its dense row is the base run's own, copied with the analysis; `sg.prune` checked on resuming "
+              "that the text and blocks are the same)." if q.get("analysis_from") else
+              ", whose dense perplexities are the same to the last digit (same split, same evaluation blocks).")
     note = (f"LoRAShear rows from this run ({_variant(q['settings'])}); every other row from the "
-            "base run above" + (", whose dense perplexities are the same to the last digit (same split, same "
-                                   "evaluation blocks)." if same else
-                                   ". WARNING: the dense rows differ, so the runs did not share a split."))
+            "base run above" + (agreed if same else
+                                ". WARNING: the dense rows differ, so the runs did not share a split."))
     stages = {"dense": base["stages"]["dense"], **{k: v for k, v in q["stages"].items() if k.startswith("lhspg")},
               **{k: v for k, v in base["stages"].items() if not k.startswith(("lhspg", "dense"))}}
     return {**q, "stages": stages, "note": " ".join(filter(None, [q.get("note"), note]))}

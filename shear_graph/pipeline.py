@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import inspect
 import json
 import math
 import numbers
@@ -17,6 +18,7 @@ import os
 import shutil
 import statistics
 import time
+import warnings
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -318,24 +320,41 @@ def _evaluate(model, tokenizer, eval_blocks: dict, settings: PruneSettings, task
 
 @contextmanager
 def _transformers_bars(show: bool):
-    """transformers' own bars (writing and loading shards) follow ``progress`` too; its global switch is restored."""
+    """Hide transformers' own bars (writing and loading shards) unless ``show``.
+
+    Their only switch is global (transformers' flag, which also sets huggingface_hub's
+    per-group states), so both are put back as they were, on errors too.
+    """
+    from huggingface_hub.utils.tqdm import progress_bar_states
     from transformers.utils import logging as hf_logging
 
     hide = not show and hf_logging.is_progress_bar_enabled()
-    if hide:
+    if not hide:
+        yield
+        return
+    hub_states = dict(progress_bar_states)
+    with warnings.catch_warnings():  # HF_HUB_DISABLE_PROGRESS_BARS=0 makes the hub refuse, with a warning
+        warnings.simplefilter("ignore")
         hf_logging.disable_progress_bar()
     try:
         yield
     finally:
-        if hide:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
             hf_logging.enable_progress_bar()
+        progress_bar_states.clear()
+        progress_bar_states.update(hub_states)
 
 
 def _bars_follow_progress(fn):
+    """Wrap :func:`prune` so that transformers' bars follow its ``progress`` (a
+    wrapper, so that the long body keeps its shape)."""
+    default = inspect.signature(fn).parameters["progress"].default
+
     @functools.wraps(fn)
-    def wrapper(*args, progress: bool = True, **kwargs):
-        with _transformers_bars(progress):
-            return fn(*args, progress=progress, **kwargs)
+    def wrapper(*args, **kwargs):
+        with _transformers_bars(kwargs.get("progress", default)):
+            return fn(*args, **kwargs)
     return wrapper
 
 
@@ -389,6 +408,11 @@ def prune(model: nn.Module | None = None, tokenizer=None, *, out, settings: Prun
     report : callable, optional
         ``report(result)`` writes the HTML report (``viz.prune_report.write_prune_report``;
         the core never imports viz).
+    progress : bool
+        Stage messages and tqdm bars; ``False`` prints nothing (transformers' own
+        bars are switched off for the call through its global switch and put back
+        after; the one-time de-quantization of the default model's GGUF file on
+        a machine without its cache still shows transformers' bar).
     peers : dict of str -> callable, optional
         Other pruning methods run beside, on equal terms (``benchmarks/peers.py``):
         ``fn(model, calib, n_params)`` gets a copy of the dense model, calibration
@@ -406,7 +430,8 @@ def prune(model: nn.Module | None = None, tokenizer=None, *, out, settings: Prun
     ------
     ShearGraphError
         ``out`` exists (without ``overwrite``/``resume``), ``resume`` with no
-        unfinished run in ``out``, a missing zero-shot task file, a bad setting, a ratio
+        unfinished run in ``out``, a resume whose finished knowledge analysis was made
+        on other text or blocks, a missing zero-shot task file, a bad setting, a ratio
         not reachable once unprunable clusters are excluded (:class:`PlanError`
         with the largest reachable ratio), a NaN/inf loss (:class:`TrainingError`
         naming the step; resume continues from the last good state).
@@ -522,6 +547,7 @@ def prune(model: nn.Module | None = None, tokenizer=None, *, out, settings: Prun
         work.put_json("knowledge", json.loads(km.to_json()))
     else:
         km = KnowledgeMap.from_json(json.dumps(km_json))
+        _check_same_split(km.split, split)
 
     pruned = work.model("lhspg_pruned", device, dtype)
     if pruned is None:
@@ -634,6 +660,22 @@ def _check_reachable_after_analysis(model: nn.Module, groups: list, km: Knowledg
         raise PlanError(f"{str(e).splitlines()[0]}. The dense evaluation and the knowledge analysis are kept in "
                         f"{out}; the ratio does not change them: continue with a smaller ratio (--ratio) and "
                         "resume=True (--resume)") from None
+
+
+def _check_same_split(analysed: dict, split: dict) -> None:
+    """Refuse to go on from a knowledge analysis made on other text or other blocks
+    (a resumed run given other domains, or files changed since): the analysis and
+    the dense evaluation would describe data the later stages never see. The
+    sources (paths, names) may differ; the text (sha256) and block choice may not."""
+    def blocks(s: dict) -> dict:
+        return {name: {k: v for k, v in d.items() if k != "source"} for name, d in s.get("domains", {}).items()}
+
+    old, new = blocks(analysed), blocks(json.loads(json.dumps(split)))
+    differ = sorted(n for n in set(old) | set(new) if old.get(n) != new.get(n))
+    if differ or (analysed.get("block_len"), analysed.get("seed")) != (split["block_len"], split["seed"]):
+        raise ShearGraphError(f"--resume with other data: the finished knowledge analysis was made on other text or "
+                              f"blocks of {', '.join(differ) or 'every domain'}; resume with the same domains and "
+                              "files, or --overwrite")
 
 
 def _lhspg_shares(km: KnowledgeMap, groups: list, settings: PruneSettings) -> dict | None:

@@ -48,7 +48,7 @@ def register_saliency(name: str, needs_data: bool = True, source: str = ""):
 class SaliencyContext:
     """What a criterion sees: the model, its base parameters by name (those the
     groups slice), calibration batches (int64 [batch, block_len] each, on the
-    model's device) and how to iterate them with progress."""
+    model's device) and how to iterate them (with a tqdm bar when ``show``)."""
 
     model: nn.Module
     params: dict

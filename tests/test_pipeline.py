@@ -75,13 +75,39 @@ def test_recovery_and_lhspg_histories_are_logged(finished):
 
 
 def test_progress_false_prints_nothing(tiny, tmp_path, capfd):
-    """Every stage's bar (saliency, knowledge analysis, LHSPG, recovery) follows ``progress``."""
+    """Every stage's bar (saliency, knowledge analysis, LHSPG, recovery, saving) follows ``progress``."""
+    from transformers.utils import logging as hf_logging
+
+    before = hf_logging.is_progress_bar_enabled()
     prune(*tiny, out=tmp_path / "out", settings=settings(baseline="taylor"), domains=tiny_domains(), progress=False)
     captured = capfd.readouterr()
     assert captured.out == "" and captured.err == ""
+    assert hf_logging.is_progress_bar_enabled() == before  # transformers' switch is the caller's again
+
+
+def test_transformers_bars_are_restored_after_an_error_and_left_off_when_off():
+    from huggingface_hub.utils.tqdm import progress_bar_states
     from transformers.utils import logging as hf_logging
 
-    assert hf_logging.is_progress_bar_enabled()  # transformers' switch is restored for the caller
+    from shear_graph.pipeline import _transformers_bars
+
+    saved = dict(progress_bar_states)
+    try:
+        hf_logging.enable_progress_bar()
+        progress_bar_states["huggingface_hub.http_get"] = False  # a caller's own per-group choice
+        mine = dict(progress_bar_states)
+        with pytest.raises(ValueError), _transformers_bars(show=False):
+            assert not hf_logging.is_progress_bar_enabled()
+            raise ValueError
+        assert hf_logging.is_progress_bar_enabled() and dict(progress_bar_states) == mine
+        hf_logging.disable_progress_bar()
+        with _transformers_bars(show=False):
+            pass
+        assert not hf_logging.is_progress_bar_enabled()
+    finally:
+        hf_logging.enable_progress_bar()
+        progress_bar_states.clear()
+        progress_bar_states.update(saved)
 
 
 def test_existing_out_is_refused_without_overwrite_or_resume(tiny, tmp_path):
@@ -124,6 +150,26 @@ def test_ratio_unreachable_only_after_the_analysis_names_the_exclusions_and_resu
                    resume=True, progress=False)
     assert result.settings["ratio"] == 0.1 and result.knowledge == json.loads(analysis)
     assert 1 - result.stages["lhspg_pruned"]["params"] / result.stages["dense"]["params"] == pytest.approx(0.1, abs=0.02)
+
+
+def test_resume_on_other_text_than_the_finished_analysis_is_refused(tiny, tmp_path):
+    model, _ = tiny
+    from shear_graph.plan import max_removable
+
+    ratio = round(max_removable(model, sg.find_groups(sg.trace(model)), ("attention_head", "ffn")) - 0.01, 3)
+    out = tmp_path / "out"
+    with pytest.raises(PlanError):  # leaves the dense evaluation and the knowledge analysis behind
+        prune(*tiny, out=out, settings=settings(ratio=ratio, unprunable_ratio=0.5), domains=tiny_domains(),
+              progress=False)
+    docs, code = tiny_domains()
+    edited = Domain("code", [code.texts[0].replace("text", "txt")], code.source)
+    with pytest.raises(ShearGraphError, match=r"other data: the finished knowledge analysis was made on other text "
+                                                 r"or blocks of code; resume with the same domains"):
+        prune(*tiny, out=out, settings=settings(ratio=0.1, unprunable_ratio=0.5), domains=[docs, edited],
+              resume=True, progress=False)
+    renamed = Domain("docs", docs.texts, "elsewhere")  # the same text under another source is the same data
+    prune(*tiny, out=out, settings=settings(ratio=0.1, unprunable_ratio=0.5), domains=[renamed, code], resume=True,
+          progress=False)
 
 
 def test_killed_run_resumes_to_the_same_plan(tiny, finished, tmp_path, monkeypatch):
