@@ -347,14 +347,23 @@ def _transformers_bars(show: bool):
 
 
 def _bars_follow_progress(fn):
-    """Wrap :func:`prune` so that transformers' bars follow its ``progress`` (a
-    wrapper, so that the long body keeps its shape)."""
+    """Wrap :func:`prune` so that transformers' bars follow its ``progress``, and a
+    new run refused before any stage finished (bad domain text, say) leaves no
+    folder to block the corrected command (a wrapper, so that the long body keeps
+    its shape)."""
     default = inspect.signature(fn).parameters["progress"].default
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
-        with _transformers_bars(kwargs.get("progress", default)):
-            return fn(*args, **kwargs)
+        out = Path(kwargs["out"]) if kwargs.get("out") is not None else None
+        new = out is not None and not out.exists()
+        try:
+            with _transformers_bars(kwargs.get("progress", default)):
+                return fn(*args, **kwargs)
+        except ShearGraphError:
+            if new and out.is_dir() and not (out / ".work" / "stages.json").exists():
+                shutil.rmtree(out, ignore_errors=True)
+            raise
     return wrapper
 
 
@@ -447,6 +456,8 @@ def prune(model: nn.Module | None = None, tokenizer=None, *, out, settings: Prun
     if overwrite and resume:
         raise ShearGraphError("overwrite=True (--overwrite) and resume=True (--resume) exclude each other: "
                               "pass one")
+    if out.exists() and not out.is_dir():
+        raise ShearGraphError(f"{out} is a file, not an output folder; choose another out (--out)")
     if out.exists() and not (overwrite or resume):
         raise ShearGraphError(f"{out} exists; pass overwrite=True (--overwrite) to replace it "
                               "or resume=True (--resume) to continue the run in it")

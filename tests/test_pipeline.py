@@ -110,6 +110,21 @@ def test_transformers_bars_are_restored_after_an_error_and_left_off_when_off():
         progress_bar_states.update(saved)
 
 
+def test_a_file_as_out_is_refused_even_with_overwrite(tiny, tmp_path):
+    (tmp_path / "afile").write_text("mine")
+    with pytest.raises(ShearGraphError, match="is a file, not an output folder"):
+        prune(*tiny, out=tmp_path / "afile", settings=settings(), domains=tiny_domains(), overwrite=True,
+              progress=False)
+    assert (tmp_path / "afile").read_text() == "mine"
+
+
+def test_a_new_run_refused_for_its_data_leaves_no_folder(tiny, tmp_path):
+    with pytest.raises(ShearGraphError, match="tokens"):
+        prune(*tiny, out=tmp_path / "out", settings=settings(), domains=[Domain("tiny", ["hello world"], "x")],
+              progress=False)
+    assert not (tmp_path / "out").exists()
+
+
 def test_existing_out_is_refused_without_overwrite_or_resume(tiny, tmp_path):
     (tmp_path / "out").mkdir()
     with pytest.raises(ShearGraphError, match="exists; pass overwrite=True"):
