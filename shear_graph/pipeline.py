@@ -346,7 +346,7 @@ def _transformers_bars(show: bool):
         progress_bar_states.update(hub_states)
 
 
-def _bars_follow_progress(fn):
+def _guarded(fn):
     """Wrap :func:`prune` so that transformers' bars follow its ``progress``, and a
     new run refused before any stage finished (bad domain text, say) leaves no
     folder to block the corrected command (a wrapper, so that the long body keeps
@@ -367,7 +367,7 @@ def _bars_follow_progress(fn):
     return wrapper
 
 
-@_bars_follow_progress
+@_guarded
 def prune(model: nn.Module | None = None, tokenizer=None, *, out, settings: PruneSettings | None = None,
           domains: list | None = None, data_dir=None, overwrite: bool = False, resume: bool = False,
           report=None, progress: bool = True, peers: dict | None = None,
