@@ -1,12 +1,12 @@
 """shear-graph against Torch-Pruning, side by side, on this machine (issue 7).
 
     .venv/bin/python benchmarks/peers.py graph      # dependency structure and time to a pruned model
-    .venv/bin/python benchmarks/peers.py quality 0.2 [--general-text] [VARIANT]
+    .venv/bin/python benchmarks/peers.py quality 0.2 [--general-text [--self-text]] [VARIANT]
                                                     # perplexity, zero-shot and tokens/s, peers beside (about 1 h;
                                                     # VARIANT: --layer-shares knowledge, --distill W, --keep-layers
                                                     # 0,1,-1, --kinds ffn, --period-steps N run LoRAShear alone,
                                                     # beside the base run's peers, from its knowledge analysis)
-    .venv/bin/python benchmarks/peers.py speed 0.2 [--general-text] [VARIANT]
+    .venv/bin/python benchmarks/peers.py speed 0.2 [--general-text [--self-text]] [VARIANT]
                                                     # tokens/s of a finished quality run's models, interleaved
     .venv/bin/python benchmarks/peers.py report     # benchmarks/RESULTS.md from benchmarks/results/*.json
 
@@ -230,19 +230,47 @@ def general_english(max_chars: int = 600_000, seed: int = 0):
     return Domain("general_english", ["\n\n".join(entries)[:max_chars]], f"debian:fortunes ({len(files)} files)")
 
 
+# tokens sampled for --self-text: LHSPG and recovery draw 200 training blocks of 128 tokens per domain, the
+# evaluation and the probes 20 more
+SELF_TOKENS = 40_000
+
+
+def dense_samples(model, tokenizer, smoke: bool = False):
+    """A training domain of text sampled from the dense default model (:func:`shear_graph.domain_from_model`), a
+    stand-in for the pretraining-like text no offline package holds. Drawn once (about 7 min here) and kept in
+    ``benchmarks/work/`` so a rerun or a variant trains on the very same text (delete the file to draw anew)."""
+    from shear_graph import domain_from_model
+    from shear_graph.data import Domain
+
+    path = HERE / "work" / f"dense_samples{'_smoke' if smoke else ''}.json"
+    if path.is_file():
+        kept = json.loads(path.read_text())
+        return Domain(kept["name"], kept["texts"], kept["source"])
+    domain = domain_from_model(model, tokenizer, n_tokens=2_000 if smoke else SELF_TOKENS, batch_size=128,
+                               max_new_tokens=256)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"name": domain.name, "texts": domain.texts, "source": domain.source}))
+    tmp.replace(path)
+    return domain
+
+
 # LoRAShear settings a variant run may change, with the base run's values; each becomes a flag of
 # `quality` and `speed`, a suffix of the run's name and a phrase in the report
 VARIANT = {"layer_shares": "uniform", "distill": 0.0, "keep_layers": (), "kinds": ("attention_head", "ffn"),
            "period_steps": 30}
 
 
-def part_quality(ratio: float, smoke: bool = False, general_text: bool = False, variant: dict | None = None) -> dict:
+def part_quality(ratio: float, smoke: bool = False, general_text: bool = False, variant: dict | None = None,
+                 self_text: bool = False) -> dict:
     """LoRAShear (``sg.prune``, with its Taylor baseline) and the peers, at one
     ratio, in one run: same data split, evaluation blocks (Python docs, stdlib
     code, Devil's Dictionary, WikiText-2 test), zero-shot items, recovery budget.
 
     ``general_text`` adds :func:`general_english` to the training mixture (calibration,
-    LHSPG and recovery of every method) and a dense model through the same recovery.
+    LHSPG and recovery of every method) and a dense model through the same recovery;
+    ``self_text`` adds :func:`dense_samples` as well, for every method alike (and
+    leaves the dense model's recovery out, to save its quarter of an hour).
     A ``variant`` (LoRAShear settings of :data:`VARIANT` that differ from the base
     run's: ``layer_shares="knowledge"``, per-layer shares from the knowledge analysis;
     ``distill``, LHSPG's weight of distillation from the dense model; ``keep_layers``,
@@ -267,11 +295,13 @@ def part_quality(ratio: float, smoke: bool = False, general_text: bool = False, 
         settings = replace(settings, block_len=32, n_eval=2, n_probe=2, n_train=12, warmup_steps=1, n_periods=2,
                            final_steps=1, recovery_steps=4, update_every=2, batch_size=2,
                            lora_rank=4, eval_limit=10)
-    domains = default_domains() + ([general_english()] if general_text else [])
-    peers = {} if variant else {**PEERS, **({"dense_reference": dense_reference} if general_text else {})}
     model, tok = load_default_model(n_layers=8 if smoke else None)
-    out = HERE / "work" / _quality_name(ratio, smoke, general_text, variant)
-    base = HERE / "work" / _quality_name(ratio, smoke, general_text)
+    domains = (default_domains() + ([general_english()] if general_text else [])
+               + ([dense_samples(model, tok, smoke)] if self_text else []))
+    reference = {"dense_reference": dense_reference} if general_text and not self_text else {}
+    peers = {} if variant else {**PEERS, **reference}
+    out = HERE / "work" / _quality_name(ratio, smoke, general_text, variant, self_text)
+    base = HERE / "work" / _quality_name(ratio, smoke, general_text, self_text=self_text)
     seeded = bool(variant) and _seed_from_base(out, base)
     try:
         result = sg.prune(model, tok, out=out, settings=settings, resume=out.exists(), peers=peers,
@@ -282,7 +312,8 @@ def part_quality(ratio: float, smoke: bool = False, general_text: bool = False, 
             raise SystemExit(f"the variant cannot start from {base.name}'s analysis ({e}); removed {out}") from e
         raise
     marker = out / SEEDED
-    return {"ratio": ratio, "smoke": smoke, "general_text": general_text, "settings": result.settings,
+    return {"ratio": ratio, "smoke": smoke, "general_text": general_text, "self_text": self_text,
+            "settings": result.settings,
             "training_domains": {d.name: d.source for d in domains}, "stages": result.stages,
             "seconds": result.seconds, "report": str(out / "report.html"),
             **({"analysis_from": marker.read_text().strip()} if marker.exists() else {})}
@@ -337,21 +368,24 @@ def _text(value) -> str:
     return ",".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)
 
 
-def _flags(general_text: bool, variant: dict | None = None, smoke: bool = False) -> str:
+def _flags(general_text: bool, variant: dict | None = None, smoke: bool = False, self_text: bool = False) -> str:
     """The command-line flags of a quality or speed run."""
-    return ((" --general-text" if general_text else "")
+    return ((" --general-text" if general_text else "") + (" --self-text" if self_text else "")
             + "".join(f" --{k.replace('_', '-')} {_text(v)}" for k, v in _changed(variant).items())
             + (" --smoke" if smoke else ""))
 
 
-def _quality_name(ratio: float, smoke: bool, general_text: bool, variant: dict | None = None) -> str:
+def _quality_name(ratio: float, smoke: bool, general_text: bool, variant: dict | None = None,
+                  self_text: bool = False) -> str:
     names = {"layer_shares": "{}", "distill": "distill{}", "keep_layers": "keep{}", "kinds": "{}",
              "period_steps": "period{}"}
     variant = "".join("_" + names[k].format(_text(v)) for k, v in _changed(variant).items())
-    return f"quality_{ratio}{'_general' if general_text else ''}{variant}{'_smoke' if smoke else ''}"
+    return (f"quality_{ratio}{'_general' if general_text else ''}{'_self' if self_text else ''}{variant}"
+            f"{'_smoke' if smoke else ''}")
 
 
-def part_speed(ratio: float, general_text: bool = False, variant: dict | None = None, rounds: int = 5) -> dict:
+def part_speed(ratio: float, general_text: bool = False, variant: dict | None = None, rounds: int = 5,
+               self_text: bool = False) -> dict:
     """Forward tokens/s (batch 1 x 512) of the dense model and of every pruned
     model of a finished quality run, in one process started on idle cores.
 
@@ -372,10 +406,10 @@ def part_speed(ratio: float, general_text: bool = False, variant: dict | None = 
     from shear_graph.default_model import load_default_model
     from shear_graph.pipeline import tokens_per_second
 
-    work = HERE / "work" / _quality_name(ratio, False, general_text, variant) / ".work"
+    work = HERE / "work" / _quality_name(ratio, False, general_text, variant, self_text) / ".work"
     if not (work / "lhspg_recovered").is_dir():
         raise SystemExit(f"no finished quality run in {work.parent}: run `peers.py quality {ratio}"
-                         f"{_flags(general_text, variant)}` first (it keeps its stage models)")
+                         f"{_flags(general_text, variant, self_text=self_text)}` first (it keeps its stage models)")
     dense = load_default_model()[0]
     models = {"dense": dense}
     models.update({stage: sg.load_pruned(work / stage) for stage in ("lhspg_recovered", "baseline_recovered")
@@ -389,7 +423,7 @@ def part_speed(ratio: float, general_text: bool = False, variant: dict | None = 
     for _ in range(rounds):
         for name, model in models.items():
             times[name].append(round(tokens_per_second(model), 1))
-    return {"ratio": ratio, "general_text": general_text, **_changed(variant),
+    return {"ratio": ratio, "general_text": general_text, "self_text": self_text, **_changed(variant),
             "load_average_at_start": load, "rounds": rounds,
             "rows": {name: {"params": _n_params(m), "tokens_per_s": statistics.median(times[name]),
                             "per_round": times[name]} for name, m in models.items()}}
@@ -485,7 +519,8 @@ def write_report() -> Path:
                   *[f"    {line}" for line in g["meta_scale"]], ""]
     for name, q in parts.items():
         if name.startswith("quality_"):
-            base_name = _quality_name(q["ratio"], q["smoke"], q.get("general_text", False))
+            base_name = _quality_name(q["ratio"], q["smoke"], q.get("general_text", False),
+                                      self_text=q.get("self_text", False))
             base = parts.get(base_name) if base_name != name else None
             lines += _quality_section(_beside_base(q, base) if base else q)
             speed = parts.get("speed_" + name.removeprefix("quality_"))
@@ -559,7 +594,7 @@ def _quality_section(q: dict) -> list:
     smoke = " (smoke setting: an 8-layer cut, tiny settings; not a measurement)" if q["smoke"] else ""
     general = q.get("general_text", False)
     trained = ", ".join(q.get("training_domains", ["python_docs", "python_code"]))
-    flags = _flags(general, q["settings"], q["smoke"])
+    flags = _flags(general, q["settings"], q["smoke"], q.get("self_text", False))
     data = "SHEAR_GRAPH_EVAL_DATA=<task folder> "
     title = f", LoRAShear with {_variant(q['settings'])}" if _variant(q["settings"]) else ""
     lines = [f"## Quality and speed at {q['ratio']:.0%} of the parameters removed, trained on {trained}{title}{smoke}",
@@ -598,7 +633,7 @@ def _speed_section(sp: dict) -> list:
     """The speed floor on a separate pass over the quality run's models (:func:`part_speed`)."""
     rows = sp["rows"]
     dense = rows["dense"]
-    flags = _flags(sp.get("general_text", False), sp)
+    flags = _flags(sp.get("general_text", False), sp, self_text=sp.get("self_text", False))
     lines = [f"Speed measured apart (`.venv/bin/python benchmarks/peers.py speed {sp['ratio']}{flags}`, {sp['date']}; "
              f"load average at start {sp['load_average_at_start']:.2f}): the dense model and every pruned model "
              f"timed in turn, {sp['rounds']} rounds, each a median of 5 forwards of 1 x 512 tokens; the row is the "
@@ -654,6 +689,10 @@ def main(argv=None) -> None:
     parser.add_argument("--general-text", action="store_true",
                         help="quality: train every method on general English (Debian fortunes) beside the default "
                              "Python docs and code, and add the dense model through the same recovery")
+    parser.add_argument("--self-text", action="store_true",
+                        help="quality, speed (with --general-text): train every method on text sampled from the dense "
+                             "model as well (a stand-in for pretraining text; drawn once, kept in benchmarks/work); the "
+                             "dense model's own recovery is left out")
     parser.add_argument("--distill", type=float, default=0.0,
                         help="quality, speed: LoRAShear alone with this weight (0 to 1) of distillation from the dense "
                              "model in LHSPG's loss, set beside the peers of the run without it")
@@ -677,6 +716,8 @@ def main(argv=None) -> None:
     kinds = tuple(sorted(set(kind_names(args.kinds))))
     if not kinds or not set(kinds) <= {"attention_head", "ffn"}:
         parser.error(f"--kinds takes attention_head and/or ffn, comma-separated, got {args.kinds!r}")
+    if args.self_text and not args.general_text:
+        parser.error("--self-text goes with --general-text (the sampled text is a fourth training domain)")
     if args.period_steps < 1:
         parser.error(f"--period-steps is at least 1, got {args.period_steps}")
     variant = {"layer_shares": args.layer_shares, "distill": args.distill, "keep_layers": keep, "kinds": kinds,
@@ -696,13 +737,13 @@ def main(argv=None) -> None:
         (RESULTS / "graph.json").write_text(json.dumps({**stamp, **part_graph()}, indent=1))
     if args.part == "quality":
         for ratio in ratios:
-            name = _quality_name(ratio, args.smoke, args.general_text, variant) + ".json"
-            part = part_quality(ratio, args.smoke, args.general_text, variant)
+            name = _quality_name(ratio, args.smoke, args.general_text, variant, args.self_text) + ".json"
+            part = part_quality(ratio, args.smoke, args.general_text, variant, args.self_text)
             (RESULTS / name).write_text(json.dumps({**stamp, **part}, indent=1))
     if args.part == "speed":
         for ratio in ratios:
-            quality = _quality_name(ratio, False, args.general_text, variant)
-            part = part_speed(ratio, args.general_text, variant)
+            quality = _quality_name(ratio, False, args.general_text, variant, args.self_text)
+            part = part_speed(ratio, args.general_text, variant, self_text=args.self_text)
             (RESULTS / ("speed_" + quality.removeprefix("quality_") + ".json")).write_text(
                 json.dumps({**stamp, **part}, indent=1))
     print(write_report())

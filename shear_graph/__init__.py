@@ -23,11 +23,13 @@ from .queries import groups_of_param, module_neighbors, module_nodes, path_betwe
 
 __all__ += ["module_nodes", "module_neighbors", "groups_of_param", "path_between"]
 from .data import Blocks, DataError, DataSplit, Domain, default_domains, domain_from_dataset, domain_from_file, make_blocks  # noqa: E402,E501
+from .self_text import domain_from_model  # noqa: E402
 from .knowledge import Cluster, KnowledgeMap, analyze_knowledge, held_out_loss  # noqa: E402
 from .saliency import SALIENCY, Saliency, compute_saliency, register_saliency  # noqa: E402
 
 __all__ += ["Domain", "DataSplit", "Blocks", "DataError", "default_domains", "domain_from_file", "domain_from_dataset",
-            "make_blocks", "SALIENCY", "Saliency", "compute_saliency", "register_saliency", "KnowledgeMap", "Cluster",
+            "make_blocks", "domain_from_model",
+            "SALIENCY", "Saliency", "compute_saliency", "register_saliency", "KnowledgeMap", "Cluster",
             "analyze_knowledge", "held_out_loss"]
 from .evaluation import EvalReport, TaskResult, evaluate, lm_eval_model  # noqa: E402
 from .tasks import register_task  # noqa: E402
