@@ -258,7 +258,10 @@ def dense_samples(model, tokenizer, smoke: bool = False):
 # LoRAShear settings a variant run may change, with the base run's values; each becomes a flag of
 # `quality` and `speed`, a suffix of the run's name and a phrase in the report
 VARIANT = {"layer_shares": "uniform", "distill": 0.0, "keep_layers": (), "kinds": ("attention_head", "ffn"),
-           "period_steps": 30}
+           "period_steps": 30, "recovery_distill": 0.0}
+# a variant that changes the recovery every method shares reruns the base run's best peer under it too
+SHARED_RECOVERY = {"recovery_distill"}
+BEST_PEER = "llm_pruner_taylor"
 
 
 def part_quality(ratio: float, smoke: bool = False, general_text: bool = False, variant: dict | None = None,
@@ -299,7 +302,8 @@ def part_quality(ratio: float, smoke: bool = False, general_text: bool = False, 
     domains = (default_domains() + ([general_english()] if general_text else [])
                + ([dense_samples(model, tok, smoke)] if self_text else []))
     reference = {"dense_reference": dense_reference} if general_text and not self_text else {}
-    peers = {} if variant else {**PEERS, **reference}
+    peers = ({BEST_PEER: PEERS[BEST_PEER]} if SHARED_RECOVERY & set(variant) else {}) if variant else \
+        {**PEERS, **reference}
     out = HERE / "work" / _quality_name(ratio, smoke, general_text, variant, self_text)
     base = HERE / "work" / _quality_name(ratio, smoke, general_text, self_text=self_text)
     seeded = bool(variant) and _seed_from_base(out, base)
@@ -378,7 +382,7 @@ def _flags(general_text: bool, variant: dict | None = None, smoke: bool = False,
 def _quality_name(ratio: float, smoke: bool, general_text: bool, variant: dict | None = None,
                   self_text: bool = False) -> str:
     names = {"layer_shares": "{}", "distill": "distill{}", "keep_layers": "keep{}", "kinds": "{}",
-             "period_steps": "period{}"}
+             "period_steps": "period{}", "recovery_distill": "rdistill{}"}
     variant = "".join("_" + names[k].format(_text(v)) for k, v in _changed(variant).items())
     return (f"quality_{ratio}{'_general' if general_text else ''}{'_self' if self_text else ''}{variant}"
             f"{'_smoke' if smoke else ''}")
@@ -570,11 +574,14 @@ def _beside_base(q: dict, base: dict) -> dict:
     agreed = (" (its dense row is the base run's own, copied with the analysis; `sg.prune` checked on resuming "
               "that the text and blocks are the same)." if q.get("analysis_from") else
               ", whose dense perplexities are the same to the last digit (same split, same evaluation blocks).")
-    note = (f"LoRAShear rows from this run ({_variant(q['settings'])}); every other row from the "
+    own = [k for k in q["stages"] if k != "dense"]
+    rerun = sorted({k.rpartition("_")[0] for k in own} - {"lhspg"})
+    ran = "LoRAShear rows" + "".join(f" and {LABELS[p]} rows (rerun under this run's recovery)" for p in rerun)
+    note = (f"{ran} from this run ({_variant(q['settings'])}); every other row from the "
             "base run above" + (agreed if same else
                                 ". WARNING: the dense rows differ, so the runs did not share a split."))
-    stages = {"dense": base["stages"]["dense"], **{k: v for k, v in q["stages"].items() if k.startswith("lhspg")},
-              **{k: v for k, v in base["stages"].items() if not k.startswith(("lhspg", "dense"))}}
+    stages = {"dense": base["stages"]["dense"], **{k: q["stages"][k] for k in own},
+              **{k: v for k, v in base["stages"].items() if k != "dense" and k not in own}}
     return {**q, "stages": stages, "note": " ".join(filter(None, [q.get("note"), note]))}
 
 
@@ -583,7 +590,8 @@ def _variant(settings: dict) -> str:
     words = {"layer_shares": "per-layer shares from the {} analysis",
              "distill": "distillation from the dense model in LHSPG, weight {}",
              "keep_layers": "decoder layers {} left whole", "kinds": "only {} groups pruned",
-             "period_steps": "LHSPG periods of {} steps"}
+             "period_steps": "LHSPG periods of {} steps",
+             "recovery_distill": "distillation from the dense model in every method's recovery, weight {}"}
     return " and ".join(words[k].format(_text(v)) for k, v in _changed(settings).items())
 
 
@@ -702,13 +710,17 @@ def main(argv=None) -> None:
     parser.add_argument("--kinds", default="attention_head,ffn",
                         help="quality, speed: LoRAShear alone pruning only these group kinds (comma-separated: "
                              "attention_head, ffn; the peers' LLM-Pruner recipe ends with every head kept)")
+    parser.add_argument("--recovery-distill", type=float, default=0.0,
+                        help="quality, speed: LoRAShear with this weight (0 to 1) of distillation from the dense model "
+                             "in recovery, and the base run's best peer (LLM-Pruner-style) rerun with the same recovery")
     parser.add_argument("--period-steps", type=int, default=VARIANT["period_steps"],
                         help="quality, speed: LoRAShear alone with LHSPG periods of this many steps (base run: 30)")
     args = parser.parse_args(argv)
     from shear_graph.cli import kind_names, layer_indices
 
-    if not 0 <= args.distill <= 1:
-        parser.error(f"--distill is a weight from 0 to 1, got {args.distill}")
+    for flag, weight in (("--distill", args.distill), ("--recovery-distill", args.recovery_distill)):
+        if not 0 <= weight <= 1:
+            parser.error(f"{flag} is a weight from 0 to 1, got {weight}")
     try:
         keep = layer_indices(args.keep_layers)
     except ValueError:
@@ -721,7 +733,7 @@ def main(argv=None) -> None:
     if args.period_steps < 1:
         parser.error(f"--period-steps is at least 1, got {args.period_steps}")
     variant = {"layer_shares": args.layer_shares, "distill": args.distill, "keep_layers": keep, "kinds": kinds,
-               "period_steps": args.period_steps}
+               "period_steps": args.period_steps, "recovery_distill": args.recovery_distill}
     if args.part == "child":
         if not args.args or args.args[0] not in CHILDREN:
             parser.error(f"child needs a tool ({', '.join(CHILDREN)}) and its arguments")

@@ -26,6 +26,7 @@ def _fail(message: str) -> None:
 PRUNE_FLAGS = {"ratio": "--ratio", "baseline": "--baseline", "eval_limit": "--eval-limit", "eval_tasks": "--tasks",
                "n_periods": "--n-periods", "period_steps": "--period-steps", "recovery_steps": "--recovery-steps",
                "lora_rank": "--lora-rank", "layer_shares": "--layer-shares", "distill": "--distill",
+               "recovery_distill": "--recovery-distill",
                "keep_layers": "--keep-layers", "kinds": "--kinds", "dtype": "--dtype", "data_dir": "--data-dir",
                "eval_data_dir": "--data-dir",
                "resume=True": "--resume", "overwrite=True": "--overwrite"}
@@ -399,6 +400,9 @@ def prune(
                                     "counts from the end (LLM-Pruner keeps 0,1,2,3,-2,-1). Default: none"),
     distill: float = typer.Option(DEFAULTS.distill, help="Weight from 0 to 1 of distillation from the dense model "
                                   "in LHSPG's loss (0: language-modelling loss only)"),
+    recovery_distill: float = typer.Option(DEFAULTS.recovery_distill, help="Weight from 0 to 1 of distillation "
+                                           "from the dense model in the recovery of LoRAShear and the baseline "
+                                           "alike (0: language-modelling loss only)"),
     kinds: str = typer.Option(",".join(DEFAULTS.kinds), help="Group kinds LHSPG and the baseline prune, "
                               "comma-separated: attention_head, ffn (ffn alone keeps every attention head)"),
     device: str = typer.Option("cpu", help="cpu, cuda, cuda:1, ..."),
@@ -430,7 +434,8 @@ def prune(
         _fail(f"--keep-layers takes comma-separated layer indices such as 0,1,-1, got {keep_layers!r}")
     settings = PruneSettings(ratio=ratio, baseline=None if baseline == "none" else baseline, eval_limit=eval_limit,
                              n_periods=n_periods, period_steps=period_steps, recovery_steps=recovery_steps,
-                             lora_rank=lora_rank, layer_shares=layer_shares, distill=distill, keep_layers=kept,
+                             lora_rank=lora_rank, layer_shares=layer_shares, distill=distill,
+                             recovery_distill=recovery_distill, keep_layers=kept,
                              kinds=kind_names(kinds), device=device, dtype=dtype,
                              eval_tasks=chosen)
     try:

@@ -19,10 +19,10 @@ from torch import nn
 from .errors import ShearGraphError
 
 
-def check_distill(weight) -> None:
-    """Raise :class:`ShearGraphError` unless ``weight`` is a number in [0, 1]."""
+def check_distill(weight, name: str = "distill") -> None:
+    """Raise :class:`ShearGraphError`, naming the setting ``name``, unless ``weight`` is a number in [0, 1]."""
     if isinstance(weight, bool) or not isinstance(weight, numbers.Real) or not 0 <= weight <= 1:
-        raise ShearGraphError(f"distill must be a number from 0 (language-modelling loss only) to 1 (distillation "
+        raise ShearGraphError(f"{name} must be a number from 0 (language-modelling loss only) to 1 (distillation "
                               f"only), got {weight!r}")
 
 

@@ -56,8 +56,8 @@ PRUNED_KINDS = ("attention_head", "ffn")
 # settings no stage before LHSPG reads: a run stopped before LHSPG finished resumes with them changed,
 # keeping its dense evaluation and knowledge analysis
 LHSPG_ONWARD = {"ratio", "kinds", "layer_shares", "keep_layers", "warmup_steps", "n_periods", "period_steps",
-                "final_steps", "lhspg_lr", "distill", "recovery_steps", "recovery_lr", "update_every", "lora_rank",
-                "lora_alpha", "baseline"}
+                "final_steps", "lhspg_lr", "distill", "recovery_steps", "recovery_lr", "recovery_distill",
+                "update_every", "lora_rank", "lora_alpha", "baseline"}
 
 
 @dataclass
@@ -88,6 +88,7 @@ class PruneSettings:
     distill: float = 0.0  # weight of KL to the dense model in LHSPG's loss (shear_graph.distill)
     recovery_steps: int = 200
     recovery_lr: float = 5e-4
+    recovery_distill: float = 0.0  # weight of KL to the dense model in every method's recovery (shear_graph.distill)
     update_every: int = 25
     lora_rank: int = 8
     lora_alpha: int = 16
@@ -131,6 +132,7 @@ class PruneSettings:
                                   f"types LHSPG prunes), got {self.kinds!r}")
         check_analysis_settings(self.fraction, self.unprunable_ratio)
         check_distill(self.distill)
+        check_distill(self.recovery_distill, "recovery_distill")
         if not isinstance(self.keep_layers, (tuple, list)) or not all(
                 isinstance(i, numbers.Integral) and not isinstance(i, bool) for i in self.keep_layers):
             raise ShearGraphError(f"keep_layers must be a tuple of decoder-layer indices (integers, negative from the "
@@ -590,7 +592,7 @@ def prune(model: nn.Module | None = None, tokenizer=None, *, out, settings: Prun
             start_model, train, probe, reference, steps=settings.recovery_steps, batch_size=settings.batch_size,
             lr=settings.recovery_lr, lora_rank=settings.lora_rank, lora_alpha=settings.lora_alpha,
             update_every=settings.update_every, seed=settings.seed, device=device, dtype=dtype, progress=progress,
-            checkpoint_dir=checkpoint_dir))
+            checkpoint_dir=checkpoint_dir, teacher=model, distill=settings.recovery_distill))
         recovery[name] = res.to_dict()
         work.put_json("recovery", recovery)
         return res.model

@@ -17,6 +17,11 @@ step's domain and rows are drawn from a generator seeded by ``(seed, step)``,
 so every rank draws the same domain and global batch and trains on its own
 share of the rows, and a resumed run draws exactly what an uninterrupted one
 would.
+
+With ``distill > 0`` each step's loss mixes in the KL divergence to a dense
+teacher's next-token distributions (:mod:`shear_graph.distill`), as pruned
+models are recovered in Minitron (Muralidharan et al. 2024, arXiv 2407.14679):
+the teacher's full distributions carry what it knows beyond the training text.
 """
 from __future__ import annotations
 
@@ -27,7 +32,7 @@ import os
 import tempfile
 import time
 import warnings
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -39,6 +44,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .adapters import add_lora, lora_targets
+from .distill import check_distill, distill_loss, frozen_teacher, teacher_logits
 from .errors import ShearGraphError, TrainingError
 from .plan import umask
 from .trace import fingerprint
@@ -67,7 +73,8 @@ class RecoveryResult:
         steps); the last entry, at ``step == steps``, gives the final losses.
     loss_history : list of dict
         One entry per training step: ``{"step", "domain", "loss"}``, the mean
-        token cross-entropy (nats) of the step's global batch.
+        token cross-entropy (nats) of the step's global batch (with ``distill``,
+        the mixed loss that was minimised).
     tokens : int
         Tokens in all training batches, summed over processes (and over the
         run this one resumed).
@@ -169,7 +176,7 @@ def recover(model: nn.Module, train: dict, probe: dict, reference_loss: dict, *,
             lr: float = 2e-4, lora_rank: int = 8, lora_alpha: int = 16, target_modules: list | str | None = None,
             update_every: int = 50, eta: float = 1.0, smoothing: float = 1e-3, seed: int = 0, device=None,
             dtype: torch.dtype | None = None, accelerator: Accelerator | None = None, progress: bool = True,
-            checkpoint_dir=None) -> RecoveryResult:
+            checkpoint_dir=None, teacher: nn.Module | None = None, distill: float = 0.0) -> RecoveryResult:
     """Recover a pruned model's knowledge by LoRA fine-tuning over an adaptive domain mixture.
 
     A deep copy of ``model`` gets a peft LoRA adaptor (base frozen) and is
@@ -241,6 +248,14 @@ def recover(model: nn.Module, train: dict, probe: dict, reference_loss: dict, *,
         uninterrupted run. Every process reads it, so under several
         processes it must be on a file system they share. Not supported
         under FSDP.
+    teacher : nn.Module, optional
+        The dense model, for ``distill``; never changed (moved to a copy only
+        when it is not already on the training device in ``dtype``).
+    distill : float
+        Weight ``a`` in [0, 1]: each step minimises ``(1 - a) * CE + a *
+        KL(teacher || model)`` per token (:func:`~shear_graph.distill.distill_loss`);
+        0, the default, is plain language-modelling recovery. The mixture still
+        follows the cross-entropy gaps. Costs one teacher forward per step.
 
     Returns
     -------
@@ -252,7 +267,8 @@ def recover(model: nn.Module, train: dict, probe: dict, reference_loss: dict, *,
         Bad input (no domains, domains without probe blocks or reference
         loss, blocks not int64 [n, block_len] token ids of this model, counts
         below 1, a model that already carries an adaptor), a ``device`` other
-        than the accelerator's, or a checkpoint of another model or adaptor.
+        than the accelerator's, a checkpoint of another model or adaptor,
+        ``distill`` outside [0, 1] or above 0 without a ``teacher``.
     TrainingError
         A training or probe loss was NaN or infinite; names the step and the
         domain. A checkpoint then holds the last good state.
@@ -262,6 +278,10 @@ def recover(model: nn.Module, train: dict, probe: dict, reference_loss: dict, *,
                             lora_rank=lora_rank, lora_alpha=lora_alpha, update_every=update_every)
     _check_numbers(lr, seed)
     _check_rule(eta, smoothing)
+    check_distill(distill)
+    if distill and teacher is None:
+        raise ShearGraphError(f"distill={distill} needs the dense model as teacher=: recover(..., teacher=dense, "
+                              "distill=...)")
     own_accelerator = accelerator is None
     acc = _accelerator(accelerator, device)
     if checkpoint_dir is not None and acc.distributed_type == DistributedType.FSDP:
@@ -279,11 +299,13 @@ def recover(model: nn.Module, train: dict, probe: dict, reference_loss: dict, *,
         "reference_loss": {d: float(reference_loss[d]) for d in domains},
         "train_sha256": {d: _digest(train[d]) for d in domains},
         "probe_sha256": {d: _digest(probe[d]) for d in domains},
+        **({"distill": float(distill)} if distill else {}),  # absent when 0: older checkpoints stay valid
     }
     run = _Run(acc, _with_lora(work, lora_rank, lora_alpha, targets, seed), config, train, probe,
                Path(checkpoint_dir) / CHECKPOINT_FILE if checkpoint_dir is not None else None)
     start = run.progress.step
-    run.train_until(steps, progress)
+    with frozen_teacher(teacher, acc.device, dtype) if distill else nullcontext() as run.teacher:
+        run.train_until(steps, progress)
     merged = acc.unwrap_model(run.model).merge_and_unload()
     for name, param in merged.named_parameters():
         param.requires_grad_(name in trainable)
@@ -305,6 +327,7 @@ class _Run:
         k = len(self.domains)
         self.progress = _Progress(0, [1.0 / k] * k)
         self.saved_step = None
+        self.teacher = None
         if ckpt is not None and ckpt.is_file():
             self._restore(model, optimizer)
         self.model, self.optimizer = acc.prepare(model, optimizer)
@@ -333,7 +356,11 @@ class _Run:
         mine = rows[acc.process_index * cfg["batch_size"]:(acc.process_index + 1) * cfg["batch_size"]]
         ids = self.train[domain][mine].to(acc.device)
         with _seeded(torch_seed, acc.device):  # dropout masks, if the model has dropout
-            loss = self.model(input_ids=ids, labels=ids, use_cache=False).loss
+            out = self.model(input_ids=ids, labels=ids, use_cache=False)
+        loss = out.loss
+        if self.teacher is not None:
+            a = cfg["distill"]
+            loss = (1 - a) * loss + a * distill_loss(out.logits, teacher_logits(self.teacher, ids))
         mean = acc.reduce(loss.detach().float(), "mean").item()
         if not math.isfinite(mean):
             raise TrainingError(f"training loss is {mean} at step {t} on domain '{domain}': training diverged. "

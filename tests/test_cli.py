@@ -144,6 +144,8 @@ def test_unwritable_output_is_refused_before_any_model_is_loaded(command, monkey
     (["prune", "--keep-layers", "1,,2"], "--keep-layers takes comma-separated layer indices such as 0,1,-1"),
     (["prune", "--keep-layers", " "], "--keep-layers takes comma-separated layer indices such as 0,1,-1"),
     (["prune", "--distill", "2"], "--distill must be a number from 0 (language-modelling loss only) to 1"),
+    (["prune", "--recovery-distill", "-1"], "--recovery-distill must be a number from 0 (language-modelling loss "
+                                            "only) to 1"),
     (["prune", "--kinds", "ffn,hiden"], "--kinds must name one or both of attention_head, ffn (the removal-group "
                                         "types LHSPG prunes), got ('ffn', 'hiden')"),
     (["prune", "--kinds", ""], "--kinds must name one or both of attention_head, ffn"),

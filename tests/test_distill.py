@@ -84,3 +84,34 @@ def test_the_training_flag_of_the_dense_model_is_restored():
     lhspg_prune(dense, random_blocks(8, 16), 0.1, kinds=("ffn",), warmup_steps=1, n_periods=1, period_steps=1,
                 final_steps=0, batch_size=4, distill=0.5, progress=False)
     assert dense.training
+
+
+def test_distilled_recovery_ends_closer_to_the_dense_teacher_which_stays_as_it_was():
+    """Same model, data and steps: recovery on KL to the dense model ends nearer the
+    dense model's distributions on held-out blocks than recovery on the LM loss; the
+    teacher is neither changed nor left in eval mode."""
+    import shear_graph as sg
+
+    dense, student = build("llama", seed=0).train(), build("llama", seed=1)
+    before = copy.deepcopy(dense.state_dict())
+    train = {"random": random_blocks(16, 16, seed=0)}
+    probe = {"random": random_blocks(4, 16, seed=1)}
+    reference = {"random": sg.held_out_loss(dense, probe["random"])}
+    kw = dict(steps=8, update_every=4, lr=1e-2, lora_rank=4, device="cpu", progress=False)
+    plain = sg.recover(student, train, probe, reference, **kw)
+    distilled = sg.recover(student, train, probe, reference, teacher=dense, distill=1.0, **kw)
+    held_out = random_blocks(8, 16, seed=2)
+    assert kl_to(dense, distilled.model, held_out) < 0.8 * kl_to(dense, plain.model, held_out)
+    assert distilled.config["distill"] == 1.0 and "distill" not in plain.config
+    assert dense.training and all(torch.equal(before[k], v) for k, v in dense.state_dict().items())
+
+
+@pytest.mark.parametrize("kw, match", [({"distill": 0.5}, "needs the dense model as teacher="),
+                                       ({"distill": 1.5, "teacher": "dense"}, "distill must be a number from 0")])
+def test_recovery_refuses_distillation_without_a_teacher_or_with_a_bad_weight(kw, match):
+    import shear_graph as sg
+
+    blocks = {"d": random_blocks(4, 16)}
+    kw = {**kw, "teacher": build("llama")} if kw.get("teacher") else kw
+    with pytest.raises(ShearGraphError, match=match):
+        sg.recover(build("llama"), blocks, blocks, {"d": 1.0}, steps=1, device="cpu", progress=False, **kw)

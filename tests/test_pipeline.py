@@ -340,6 +340,14 @@ def test_knowledge_layer_shares_kept_layers_kinds_and_distillation_reach_lhspg(t
     assert finished.lhspg["settings"]["distill"] == 0.0
 
 
+def test_recovery_distillation_reaches_every_methods_recovery(tiny, finished, tmp_path):
+    result = prune(*tiny, out=tmp_path / "o", settings=settings(recovery_distill=0.5, n_periods=1, recovery_steps=2),
+                   domains=tiny_domains(), progress=False)
+    assert result.recovery["lhspg"]["config"]["distill"] == 0.5
+    assert result.recovery["baseline"]["config"]["distill"] == 0.5
+    assert result.settings["recovery_distill"] == 0.5 and "distill" not in finished.recovery["lhspg"]["config"]
+
+
 def test_saliency_is_calibrated_on_every_domain():
     from shear_graph.pipeline import calibration_sample
 
