@@ -576,12 +576,14 @@ def _beside_base(q: dict, base: dict) -> dict:
               ", whose dense perplexities are the same to the last digit (same split, same evaluation blocks).")
     own = [k for k in q["stages"] if k != "dense"]
     rerun = sorted({k.rpartition("_")[0] for k in own} - {"lhspg"})
+    shared = SHARED_RECOVERY & set(_changed(q["settings"]))
     ran = "LoRAShear rows" + "".join(f" and {LABELS[p]} rows (rerun under this run's recovery)" for p in rerun)
-    note = (f"{ran} from this run ({_variant(q['settings'])}); every other row from the "
-            "base run above" + (agreed if same else
-                                ". WARNING: the dense rows differ, so the runs did not share a split."))
+    others = ("the base run's other methods were recovered otherwise and are left out; its dense row is shown"
+              if shared else "every other row from the base run above")
+    note = (f"{ran} from this run ({_variant(q['settings'])}); {others}" + (
+        agreed if same else ". WARNING: the dense rows differ, so the runs did not share a split."))
     stages = {"dense": base["stages"]["dense"], **{k: q["stages"][k] for k in own},
-              **{k: v for k, v in base["stages"].items() if k != "dense" and k not in own}}
+              **({} if shared else {k: v for k, v in base["stages"].items() if k != "dense" and k not in own})}
     return {**q, "stages": stages, "note": " ".join(filter(None, [q.get("note"), note]))}
 
 
