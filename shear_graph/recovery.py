@@ -249,8 +249,9 @@ def recover(model: nn.Module, train: dict, probe: dict, reference_loss: dict, *,
         processes it must be on a file system they share. Not supported
         under FSDP.
     teacher : nn.Module, optional
-        The dense model, for ``distill``; never changed (moved to a copy only
-        when it is not already on the training device in ``dtype``).
+        The dense model, for ``distill`` (ignored when it is 0); never changed
+        (moved to a copy only when it is not already on the training device in
+        ``dtype``).
     distill : float
         Weight ``a`` in [0, 1]: each step minimises ``(1 - a) * CE + a *
         KL(teacher || model)`` per token (:func:`~shear_graph.distill.distill_loss`);
@@ -268,7 +269,8 @@ def recover(model: nn.Module, train: dict, probe: dict, reference_loss: dict, *,
         loss, blocks not int64 [n, block_len] token ids of this model, counts
         below 1, a model that already carries an adaptor), a ``device`` other
         than the accelerator's, a checkpoint of another model or adaptor,
-        ``distill`` outside [0, 1] or above 0 without a ``teacher``.
+        ``distill`` outside [0, 1], or above 0 without a ``teacher`` or with one
+        of another vocabulary.
     TrainingError
         A training or probe loss was NaN or infinite; names the step and the
         domain. A checkpoint then holds the last good state.
@@ -282,6 +284,10 @@ def recover(model: nn.Module, train: dict, probe: dict, reference_loss: dict, *,
     if distill and teacher is None:
         raise ShearGraphError(f"distill={distill} needs the dense model as teacher=: recover(..., teacher=dense, "
                               "distill=...)")
+    if distill and (not callable(getattr(teacher, "get_input_embeddings", None))
+                    or teacher.get_input_embeddings().weight.shape[0] != model.get_input_embeddings().weight.shape[0]):
+        raise ShearGraphError(f"teacher= must be the dense language model the pruned one came from (the same "
+                              f"vocabulary); got {type(teacher).__name__}")
     own_accelerator = accelerator is None
     acc = _accelerator(accelerator, device)
     if checkpoint_dir is not None and acc.distributed_type == DistributedType.FSDP:

@@ -29,16 +29,16 @@ def _check_settings(n_tokens, max_new_tokens, batch_size, temperature, top_p) ->
     for arg, value, top in (("temperature", temperature, math.inf), ("top_p", top_p, 1.0)):
         if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 < value <= top \
                 or not math.isfinite(value):
-            raise ShearGraphError(f"{arg} must be a number above 0{' and at most 1' if top == 1 else ''}, "
+            raise ShearGraphError(f"{arg} must be a finite number above 0{' and at most 1' if top == 1 else ''}, "
                                   f"got {value!r}")
 
 
 def domain_from_model(model: nn.Module, tokenizer, n_tokens: int = 40_000, name: str = "dense_samples",
                       max_new_tokens: int = 512, batch_size: int = 64, temperature: float = 1.0,
-                      top_p: float = 0.95, seed: int = 0, device=None, dtype=None,
+                      top_p: float = 0.95, seed: int = 0, device=None, dtype=None, start: str | None = None,
                       progress: bool = True) -> Domain:
     """A :class:`~shear_graph.data.Domain` of documents sampled from ``model``,
-    each started from the tokenizer's BOS token (EOS when it has none).
+    each started from ``start``.
 
     Parameters
     ----------
@@ -47,7 +47,8 @@ def domain_from_model(model: nn.Module, tokenizer, n_tokens: int = 40_000, name:
         flag is put back; it runs on ``device`` in ``dtype`` (a copy is made only
         when they differ from the model's own).
     tokenizer : transformers tokenizer
-        The model's own.
+        The model's own. One with more ids than the model's embedding rows is
+        refused; one with fewer cannot be told apart from a padded embedding.
     n_tokens : int
         New tokens to draw, at least (documents end at EOS or padding, or after
         ``max_new_tokens``; the last batch is cut to the rows still needed).
@@ -63,6 +64,11 @@ def domain_from_model(model: nn.Module, tokenizer, n_tokens: int = 40_000, name:
     device, dtype
         Default: where the model's parameters are, in their dtype (bf16 on GPU
         works unchanged).
+    start : str, optional
+        Text whose tokens begin every document: the token that separated
+        documents in pretraining is the one to give (``"<|endoftext|>"`` for
+        SmolLM2, whose Instruct tokenizer's BOS is the chat marker
+        ``<|im_start|>``). Default: the tokenizer's BOS token, EOS when it has none.
     progress : bool
         A tqdm bar over the tokens drawn.
 
@@ -75,18 +81,24 @@ def domain_from_model(model: nn.Module, tokenizer, n_tokens: int = 40_000, name:
     Raises
     ------
     ShearGraphError
-        A setting out of range.
+        A setting out of range, or a model that is not a transformers language
+        model (no ``generate``).
     DataError
-        A tokenizer of another model (more ids than the embedding has rows) or
-        with neither BOS nor EOS, or a model that samples only empty documents.
+        No tokenizer, a tokenizer of another model (more ids than the embedding
+        has rows), no ``start`` and a tokenizer with neither BOS nor EOS, a
+        ``start`` that encodes to no tokens, or a model that samples only empty
+        documents.
     """
     from tqdm.auto import tqdm
 
     _check_settings(n_tokens, max_new_tokens, batch_size, temperature, top_p)
+    if not callable(getattr(model, "generate", None)) or not callable(getattr(model, "get_input_embeddings", None)):
+        raise ShearGraphError(f"domain_from_model samples text with a transformers causal language model; got "
+                              f"{type(model).__name__}, which has no generate()")
+    if not callable(tokenizer):
+        raise DataError(f"domain_from_model needs the model's tokenizer, got {type(tokenizer).__name__}")
     check_tokenizer(model, tokenizer)
-    start = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
-    if start is None:
-        raise DataError("the tokenizer has neither a BOS nor an EOS token to start documents from")
+    prefix = _start_ids(tokenizer, start)
     param = next(model.parameters())
     device = torch.empty(0, device=device if device is not None else param.device).device
     dtype = dtype or param.dtype
@@ -106,12 +118,13 @@ def domain_from_model(model: nn.Module, tokenizer, n_tokens: int = 40_000, name:
             torch.manual_seed(seed)
             while drawn < n_tokens:
                 rows = min(batch_size, math.ceil((n_tokens - drawn) / max_new_tokens))
-                ids = torch.full((rows, 1), start, dtype=torch.long, device=device)
+                ids = torch.tensor([prefix] * rows, dtype=torch.long, device=device)
                 out = sampler.generate(ids, attention_mask=torch.ones_like(ids), do_sample=True,
                                        temperature=temperature, top_p=top_p, top_k=0,
                                        max_new_tokens=max_new_tokens, pad_token_id=pad)
                 got = 0
-                for row, n in zip(out[:, 1:], _lengths(out[:, 1:], stops).tolist()):
+                new = out[:, len(prefix):]
+                for row, n in zip(new, _lengths(new, stops).tolist()):
                     text = tokenizer.decode(row[:n], skip_special_tokens=True) if n else ""
                     if text:
                         texts.append(text)
@@ -126,9 +139,23 @@ def domain_from_model(model: nn.Module, tokenizer, n_tokens: int = 40_000, name:
         bar.close()
         model.train(was_training)
     label = getattr(model.config, "_name_or_path", "") or type(model).__name__
-    return Domain(name, texts, f"samples:{label} (seed {seed}, temperature {temperature}, top_p {top_p}, "
+    begun = "" if start is None else f"start {start!r}, "
+    return Domain(name, texts, f"samples:{label} ({begun}seed {seed}, temperature {temperature}, top_p {top_p}, "
                                f"max_new_tokens {max_new_tokens}, batch_size {batch_size}; {drawn} tokens, "
                                f"{device.type} {str(dtype).removeprefix('torch.')})")
+
+
+def _start_ids(tokenizer, start: str | None) -> list:
+    """Token ids every document begins with."""
+    if start is None:
+        first = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+        if first is None:
+            raise DataError("the tokenizer has neither a BOS nor an EOS token to start documents from; give start=")
+        return [first]
+    ids = tokenizer(start, add_special_tokens=False).input_ids
+    if not ids:
+        raise DataError(f"start={start!r} encodes to no tokens; give the text documents should begin with")
+    return list(ids)
 
 
 def _lengths(new: torch.Tensor, stops: set) -> torch.Tensor:

@@ -107,11 +107,16 @@ def test_distilled_recovery_ends_closer_to_the_dense_teacher_which_stays_as_it_w
 
 
 @pytest.mark.parametrize("kw, match", [({"distill": 0.5}, "needs the dense model as teacher="),
-                                       ({"distill": 1.5, "teacher": "dense"}, "distill must be a number from 0")])
+                                       ({"distill": 1.5, "teacher": "dense"}, "distill must be a number from 0"),
+                                       ({"distill": 0.5, "teacher": "linear"}, "got Linear"),
+                                       ({"distill": 0.5, "teacher": "other vocabulary"}, "the same vocabulary")])
 def test_recovery_refuses_distillation_without_a_teacher_or_with_a_bad_weight(kw, match):
     import shear_graph as sg
 
     blocks = {"d": random_blocks(4, 16)}
-    kw = {**kw, "teacher": build("llama")} if kw.get("teacher") else kw
+    other = build("llama")
+    other.resize_token_embeddings(64)
+    teachers = {"dense": build("llama"), "linear": torch.nn.Linear(2, 2), "other vocabulary": other}
+    kw = {**kw, "teacher": teachers[kw["teacher"]]} if kw.get("teacher") else kw
     with pytest.raises(ShearGraphError, match=match):
         sg.recover(build("llama"), blocks, blocks, {"d": 1.0}, steps=1, device="cpu", progress=False, **kw)

@@ -133,3 +133,30 @@ def test_a_tokenizer_of_another_model_is_refused():
     model.resize_token_embeddings(50)
     with pytest.raises(DataError, match="do not belong together"):
         _sample(model, char_tokenizer())
+
+
+def test_documents_begin_with_the_start_text_which_is_not_part_of_them(monkeypatch):
+    model, tok = build("llama"), char_tokenizer()
+    prefixes = []
+    generate = type(model).generate
+
+    def spy(self, ids, **kw):
+        prefixes.append(ids.tolist())
+        return generate(self, ids, **kw)
+
+    monkeypatch.setattr(type(model), "generate", spy)
+    domain = _sample(model, tok, start="ab")
+    assert prefixes and all(row == tok("ab", add_special_tokens=False).input_ids for p in prefixes for row in p)
+    assert "start 'ab'" in domain.source
+    with pytest.raises(DataError, match="encodes to no tokens"):
+        _sample(model, tok, start="")
+
+
+@pytest.mark.parametrize("model, tok, error, words", [
+    (torch.nn.Linear(2, 2), "tok", ShearGraphError, "causal language model; got Linear"),
+    ("llama", None, DataError, "needs the model's tokenizer"),
+])
+def test_what_is_not_a_language_model_and_its_tokenizer_is_refused(model, tok, error, words):
+    model = build("llama") if model == "llama" else model
+    with pytest.raises(error, match=words):
+        _sample(model, char_tokenizer() if tok == "tok" else tok)
