@@ -301,9 +301,10 @@ def part_quality(ratio: float, smoke: bool = False, general_text: bool = False, 
     model, tok = load_default_model(n_layers=8 if smoke else None)
     domains = (default_domains() + ([general_english()] if general_text else [])
                + ([dense_samples(model, tok, smoke)] if self_text else []))
-    reference = {"dense_reference": dense_reference} if general_text and not self_text else {}
-    peers = ({BEST_PEER: PEERS[BEST_PEER]} if SHARED_RECOVERY & set(variant) else {}) if variant else \
-        {**PEERS, **reference}
+    if not variant:
+        peers = {**PEERS, **({"dense_reference": dense_reference} if general_text and not self_text else {})}
+    else:  # LoRAShear alone, and the best peer again when the recovery every method shares has changed
+        peers = {BEST_PEER: PEERS[BEST_PEER]} if SHARED_RECOVERY & set(variant) else {}
     out = HERE / "work" / _quality_name(ratio, smoke, general_text, variant, self_text)
     base = HERE / "work" / _quality_name(ratio, smoke, general_text, self_text=self_text)
     seeded = bool(variant) and _seed_from_base(out, base)
