@@ -71,9 +71,11 @@ def _check_out(out: Path, overwrite: bool, resume: bool | None = None) -> None:
     if out.exists() and not (overwrite or resume):
         _fail(f"{out} exists; pass --overwrite to replace it"
               + (" or --resume to continue the run in it" if resume is not None else ""))
+    # the nearest folder that exists is the one to probe: creating the missing ones now would leave them
+    # behind when a later check refuses the run
+    parent = next(p for p in out.absolute().parents if p.exists())
     try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tempfile.NamedTemporaryFile(dir=out.parent).close()
+        tempfile.NamedTemporaryFile(dir=parent).close()
     except OSError as e:
         _fail(f"cannot write to {out.parent} ({e.strerror or e}); choose another --out")
 

@@ -172,6 +172,12 @@ def test_bad_settings_are_refused_before_any_model_is_loaded(args, message, tmp_
     assert result.exit_code == 2 and message in result.output, result.output
 
 
+def test_a_refused_run_leaves_no_parent_folders_behind(tmp_path):
+    result = run("prune", "--out", tmp_path / "fresh" / "sub", "--distill", "2")
+    assert result.exit_code == 2 and "--distill must be" in result.output
+    assert not (tmp_path / "fresh").exists()
+
+
 def test_eval_output_that_is_a_folder_is_refused(tmp_path):
     result = run("eval", "--tasks", "piqa", "--out", tmp_path, "--overwrite")
     assert result.exit_code == 2 and "is a folder; give the path of the JSON file" in result.output
