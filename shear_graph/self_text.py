@@ -8,7 +8,6 @@ Rush 2016, arXiv 1606.07947).
 """
 from __future__ import annotations
 
-import copy
 import math
 import numbers
 
@@ -16,6 +15,7 @@ import torch
 from torch import nn
 
 from .data import DataError, Domain, check_tokenizer
+from .distill import frozen_teacher
 from .errors import ShearGraphError
 
 
@@ -102,19 +102,15 @@ def domain_from_model(model: nn.Module, tokenizer, n_tokens: int = 40_000, name:
     param = next(model.parameters())
     device = torch.empty(0, device=device if device is not None else param.device).device
     dtype = dtype or param.dtype
-    sampler = model if (param.device == device and param.dtype == dtype) else \
-        copy.deepcopy(model).to(device=device, dtype=dtype).requires_grad_(False)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     configured = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
     stops = {i for i in [tokenizer.eos_token_id, pad, *(configured if isinstance(configured, list) else [configured])]
              if i is not None}
     texts, drawn, empty = [], 0, 0
-    was_training = model.training
     cuda = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
-    sampler.eval()
     bar = tqdm(total=n_tokens, desc=f"sampling {name}", unit="tok", disable=not progress)
     try:
-        with torch.random.fork_rng(devices=cuda), torch.no_grad():
+        with frozen_teacher(model, device, dtype) as sampler, torch.random.fork_rng(devices=cuda), torch.no_grad():
             torch.manual_seed(seed)
             while drawn < n_tokens:
                 rows = min(batch_size, math.ceil((n_tokens - drawn) / max_new_tokens))
@@ -137,7 +133,6 @@ def domain_from_model(model: nn.Module, tokenizer, n_tokens: int = 40_000, name:
                 bar.update(got)
     finally:
         bar.close()
-        model.train(was_training)
     label = getattr(model.config, "_name_or_path", "") or type(model).__name__
     begun = "" if start is None else f"start {start!r}, "
     return Domain(name, texts, f"samples:{label} ({begun}seed {seed}, temperature {temperature}, top_p {top_p}, "
