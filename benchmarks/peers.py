@@ -8,6 +8,7 @@
                                                     # beside the base run's peers, from its knowledge analysis)
     .venv/bin/python benchmarks/peers.py speed 0.2 [--general-text [--self-text]] [VARIANT]
                                                     # tokens/s of a finished quality run's models, interleaved
+    .venv/bin/python benchmarks/peers.py widths     # tokens/s of uniform, per-layer and rounded FFN widths
     .venv/bin/python benchmarks/peers.py report     # benchmarks/RESULTS.md from benchmarks/results/*.json
 
 ``quality`` needs the zero-shot task folder (``SHEAR_GRAPH_EVAL_DATA``; README,
@@ -434,6 +435,52 @@ def part_speed(ratio: float, general_text: bool = False, variant: dict | None = 
                             "per_round": times[name]} for name, m in models.items()}}
 
 
+# FFN channels removed per layer in the width layouts of `widths`: the 537 a uniform FFN-only plan removes at 20 %,
+# and a per-layer spread as wide as the knowledge shares' (250 to 783), drawn once and scaled to the same total
+UNIFORM_FFN_CUT = 537
+SPREAD_FFN_CUT = (250, 783)
+
+
+def part_widths(rounds: int = 5) -> dict:
+    """Forward tokens/s (batch 1 x 512) of SmolLM2-135M with 20 % of its parameters removed from the FFN channels
+    in four layouts of the same size: uniform widths, per-layer widths spread like the knowledge shares', and those
+    widths rounded to a multiple of 8 and of 64 (the kept channels of each layer). Answers whether per-layer widths
+    that are no multiple of the SIMD width cost speed here. Models timed in turn, round after round, as in
+    :func:`part_speed`; which channels go does not change the time, so the first ones are cut."""
+    import random
+
+    import shear_graph as sg
+    from shear_graph.default_model import load_default_model
+    from shear_graph.pipeline import tokens_per_second
+
+    dense = load_default_model()[0].eval()
+    groups = sg.find_groups(sg.trace(dense))
+    ffn = [g for g in groups if g.kind == "ffn"]
+    rng = random.Random(0)
+    spread = [rng.randint(*SPREAD_FFN_CUT) for _ in ffn]
+    spread = [round(c * UNIFORM_FFN_CUT * len(ffn) / sum(spread)) for c in spread]
+
+    def rounded(cuts: list, m: int) -> list:
+        return [g.n_channels - max(m, round((g.n_channels - c) / m) * m) for g, c in zip(ffn, cuts)]
+
+    layouts = {"uniform": [UNIFORM_FFN_CUT] * len(ffn), "per_layer": spread, "per_layer_round8": rounded(spread, 8),
+               "per_layer_round64": rounded(spread, 64)}
+    models = {"dense": dense}
+    for name, cuts in layouts.items():
+        plan = sg.PrunePlan.from_channels(dense, groups, {g.id: list(range(c)) for g, c in zip(ffn, cuts)})
+        models[name] = sg.apply_plan(dense, plan).eval()
+    load = os.getloadavg()[0]
+    times = {name: [] for name in models}
+    for _ in range(rounds):
+        for name, model in models.items():
+            times[name].append(round(tokens_per_second(model), 1))
+    return {"load_average_at_start": load, "rounds": rounds,
+            "rows": {name: {"params": _n_params(m), "tokens_per_s": statistics.median(times[name]),
+                            "per_round": times[name],
+                            "ffn_widths": [g.n_channels - c for g, c in zip(ffn, layouts.get(name, [0] * len(ffn)))]}
+                     for name, m in models.items()}}
+
+
 def child_tp_ratio(model_name: str) -> dict:
     """The channel ratio at which Torch-Pruning removes ``RATIO`` of the parameters."""
     return {"channel_ratio": _tp_calibrate(_load(model_name), RATIO)[0]}
@@ -530,11 +577,44 @@ def write_report() -> Path:
             lines += _quality_section(_beside_base(q, base) if base else q)
             speed = parts.get("speed_" + name.removeprefix("quality_"))
             lines += _speed_section(speed) if speed else []
+    if "widths" in parts:
+        lines += _widths_section(parts["widths"])
     if "gpu_check" in parts:
         lines += _gpu_section(parts["gpu_check"])
     path = HERE / "RESULTS.md"
     path.write_text("\n".join(lines))
     return path
+
+
+def _widths_section(w: dict) -> list:
+    """Speed of FFN width layouts of one size (:func:`part_widths`)."""
+    rows = w["rows"]
+    dense = rows["dense"]
+    removed = 1 - rows["uniform"]["params"] / dense["params"]
+    lines = ["## Do per-layer widths cost speed?", "",
+             f"Command: `.venv/bin/python benchmarks/peers.py widths` ({w['date']}; load average at start "
+             f"{w['load_average_at_start']:.2f}). SmolLM2-135M with {removed:.1%} of its parameters removed from FFN "
+             f"channels alone, in four layouts of the same size; {w['rounds']} rounds, each a median of 5 forwards of "
+             "1 x 512 tokens, the row the median over rounds. The floor is 0.9 x (dense params / params) x dense "
+             "tokens/s.", "",
+             "| layout | params (M) | FFN widths (min-max) | tokens/s | per round | floor | |",
+             "|---|---|---|---|---|---|---|"]
+    for name, row in rows.items():
+        widths = row["ffn_widths"]
+        floor = 0.9 * dense["params"] / row["params"] * dense["tokens_per_s"]
+        cells = ["1536", "", ""] if name == "dense" else [
+            f"{min(widths)}-{max(widths)}", f"{floor:.0f}", "met" if row["tokens_per_s"] >= floor else "missed"]
+        lines.append(f"| {name} | {row['params'] / 1e6:.1f} | {cells[0]} | {row['tokens_per_s']:.0f} | "
+                     f"{', '.join(f'{t:.0f}' for t in row['per_round'])} | {cells[1]} | {cells[2]} |")
+    uniform = rows["uniform"]["tokens_per_s"]
+    ratios = ", ".join(f"{name} {rows[name]['tokens_per_s'] / uniform:.2f}x"
+                       for name in ("per_layer", "per_layer_round8", "per_layer_round64"))
+    worst = max(abs(rows[name]["tokens_per_s"] / uniform - 1) for name in ("per_layer", "per_layer_round8",
+                                                                          "per_layer_round64"))
+    verdict = ("every layout within 5 % of the uniform one: widths that differ per layer and are no multiple of 8 cost "
+               "no measurable speed here, and rounding them gains none" if worst < 0.05 else
+               f"the layouts differ by up to {worst:.0%}")
+    return lines + ["", f"Against the uniform layout: {ratios}; {verdict}.", ""]
 
 
 def _gpu_section(g: dict) -> list:
@@ -691,7 +771,7 @@ def _floors(stages: dict, domains: list) -> list:
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("part", choices=["graph", "quality", "speed", "report", "child"])
+    parser.add_argument("part", choices=["graph", "quality", "speed", "widths", "report", "child"])
     parser.add_argument("args", nargs="*", help="quality, speed: the ratios (default 0.2 0.5); child: tool and model")
     parser.add_argument("--smoke", action="store_true", help="quality on an 8-layer cut with tiny settings")
     parser.add_argument("--layer-shares", choices=["uniform", "knowledge"], default="uniform",
@@ -755,6 +835,8 @@ def main(argv=None) -> None:
             name = _quality_name(ratio, args.smoke, args.general_text, variant, args.self_text) + ".json"
             part = part_quality(ratio, args.smoke, args.general_text, variant, args.self_text)
             (RESULTS / name).write_text(json.dumps({**stamp, **part}, indent=1))
+    if args.part == "widths":
+        (RESULTS / "widths.json").write_text(json.dumps({**stamp, **part_widths()}, indent=1))
     if args.part == "speed":
         for ratio in ratios:
             quality = _quality_name(ratio, False, args.general_text, variant, args.self_text)
