@@ -64,13 +64,21 @@ def _check_device(device: str) -> None:
         _fail(f"device {device!r} is not usable here: {str(e).splitlines()[0]}")
 
 
+def _exists_message(out: Path, resumable: bool) -> str:
+    """Why an existing ``out`` is refused, offering ``--resume`` only where a run can go on in it."""
+    if resumable and (out / ".work" / "settings.json").is_file():
+        return f"{out} holds an unfinished run; pass --resume to continue it or --overwrite to start afresh"
+    if (out / "results.json").is_file():
+        return f"{out} holds a complete run (results.json); pass --overwrite to replace it or choose another --out"
+    return f"{out} exists; pass --overwrite to replace it or choose another --out"
+
+
 def _check_out(out: Path, overwrite: bool, resume: bool | None = None) -> None:
     """Refuse, before any work, an ``out`` that exists (unless told) or cannot be written."""
     import tempfile
 
     if out.exists() and not (overwrite or resume):
-        _fail(f"{out} exists; pass --overwrite to replace it"
-              + (" or --resume to continue the run in it" if resume is not None else ""))
+        _fail(_exists_message(out, resumable=resume is not None))
     # the nearest folder that exists is the one to probe: creating the missing ones now would leave them
     # behind when a later check refuses the run
     parent = next(p for p in out.absolute().parents if p.exists())

@@ -128,8 +128,10 @@ class PruneSettings:
                                   f"{self.kinds!r}")
         if (not isinstance(self.kinds, (tuple, list)) or not self.kinds
                 or not set(self.kinds) <= set(PRUNED_KINDS)):
+            unknown = [k for k in self.kinds if k not in PRUNED_KINDS] if isinstance(self.kinds, (tuple, list)) else []
             raise ShearGraphError(f"kinds must name one or both of {', '.join(PRUNED_KINDS)} (the removal-group "
-                                  f"types LHSPG prunes), got {self.kinds!r}")
+                                  "types LHSPG prunes), got " + (", ".join(repr(k) for k in unknown)
+                                                                 if unknown else repr(self.kinds)))
         check_analysis_settings(self.fraction, self.unprunable_ratio)
         check_distill(self.distill)
         check_distill(self.recovery_distill, "recovery_distill")
@@ -461,8 +463,12 @@ def prune(model: nn.Module | None = None, tokenizer=None, *, out, settings: Prun
     if out.exists() and not out.is_dir():
         raise ShearGraphError(f"{out} is a file, not an output folder; choose another out (--out)")
     if out.exists() and not (overwrite or resume):
-        raise ShearGraphError(f"{out} exists; pass overwrite=True (--overwrite) to replace it "
-                              "or resume=True (--resume) to continue the run in it")
+        if (out / ".work" / "settings.json").is_file():
+            raise ShearGraphError(f"{out} holds an unfinished run; pass resume=True (--resume) to continue it "
+                                  "or overwrite=True (--overwrite) to start afresh")
+        raise ShearGraphError(f"{out} " + ("holds a complete run (results.json)" if (out / "results.json").is_file()
+                                           else "exists") + "; pass overwrite=True (--overwrite) to replace it "
+                              "or choose another out (--out)")
     if resume and not (out / ".work" / "settings.json").is_file():
         done = (out / "results.json").is_file()
         raise ShearGraphError(f"nothing to resume in {out}: " + (

@@ -111,7 +111,14 @@ def test_core_never_imports_the_views():
 def test_main_job_refuses_what_it_cannot_do_before_any_work(tiny_folder, tmp_path):
     (tmp_path / "exists").mkdir()
     result = run("prune", tiny_folder, "--out", tmp_path / "exists")
-    assert result.exit_code == 2 and "--overwrite to replace it or --resume" in result.output
+    assert result.exit_code == 2 and "exists; pass --overwrite to replace it or choose another --out" in result.output
+    (tmp_path / "exists" / "results.json").write_text("{}")
+    result = run("prune", tiny_folder, "--out", tmp_path / "exists")
+    assert result.exit_code == 2 and "holds a complete run" in result.output and "--resume" not in result.output
+    (tmp_path / "exists" / ".work").mkdir()
+    (tmp_path / "exists" / ".work" / "settings.json").write_text("{}")
+    result = run("prune", tiny_folder, "--out", tmp_path / "exists")
+    assert result.exit_code == 2 and "holds an unfinished run; pass --resume to continue it" in result.output
     result = run("prune", tiny_folder, "--out", tmp_path / "o")
     assert result.exit_code == 2 and "has no tokenizer" in result.output
     result = run("prune", tiny_folder, "--out", tmp_path / "o", "--baseline", "random")
@@ -147,7 +154,7 @@ def test_unwritable_output_is_refused_before_any_model_is_loaded(command, monkey
     (["prune", "--recovery-distill", "-1"], "--recovery-distill must be a number from 0 (language-modelling loss "
                                             "only) to 1"),
     (["prune", "--kinds", "ffn,hiden"], "--kinds must name one or both of attention_head, ffn (the removal-group "
-                                        "types LHSPG prunes), got ('ffn', 'hiden')"),
+                                        "types LHSPG prunes), got 'hiden'"),
     (["prune", "--kinds", ""], "--kinds must name one or both of attention_head, ffn"),
     (["prune", "--ratio", "0"], "--ratio must be above 0"),
     (["oneshot", "--ratio", "0"], "--ratio must be above 0"),

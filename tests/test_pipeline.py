@@ -126,9 +126,18 @@ def test_a_new_run_refused_for_its_data_leaves_no_folder(tiny, tmp_path):
 
 
 def test_existing_out_is_refused_without_overwrite_or_resume(tiny, tmp_path):
-    (tmp_path / "out").mkdir()
-    with pytest.raises(ShearGraphError, match="exists; pass overwrite=True"):
-        prune(*tiny, out=tmp_path / "out", settings=settings(), domains=tiny_domains(), progress=False)
+    out = tmp_path / "out"
+    out.mkdir()
+    with pytest.raises(ShearGraphError, match=r"exists; pass overwrite=True \(--overwrite\) to replace it or choose"):
+        prune(*tiny, out=out, settings=settings(), domains=tiny_domains(), progress=False)
+    (out / "results.json").write_text("{}")
+    with pytest.raises(ShearGraphError, match=r"holds a complete run \(results.json\); pass overwrite=True") as e:
+        prune(*tiny, out=out, settings=settings(), domains=tiny_domains(), progress=False)
+    assert "resume" not in str(e.value)  # a finished run has nothing to resume: offering it only leads to a refusal
+    (out / ".work").mkdir()
+    (out / ".work" / "settings.json").write_text("{}")
+    with pytest.raises(ShearGraphError, match="holds an unfinished run; pass resume=True"):
+        prune(*tiny, out=out, settings=settings(), domains=tiny_domains(), progress=False)
 
 
 def test_unreachable_ratio_says_the_largest_that_can(tiny, tmp_path):
