@@ -16,6 +16,45 @@ from .prune import EPS_ATTRS, METADATA_KEY
 from .rebuild import derive_attention, sync_shape_attributes
 
 
+MODEL_MARKS = ("config.json",)  # what save_pruned writes: a folder holding it may be replaced
+
+
+def check_replaceable(path, marks: tuple, what: str = "path") -> None:
+    """Refuse a folder that an ``overwrite`` could not replace without losing what is not ours.
+
+    Parameters
+    ----------
+    path : str or Path
+        The output folder; it need not exist.
+    marks : tuple of str
+        Names of files or folders that this tool writes there (``config.json`` of a
+        saved model; ``results.json`` or ``.work`` of a run): a folder holding one of
+        them, or an empty one, is ours to replace.
+    what : str
+        How messages name the path (``"--out"`` for the command line).
+
+    Raises
+    ------
+    CheckpointError
+        ``path`` is the working directory or a folder above it; ``path`` is a file;
+        or it is a folder whose files are none of ``marks`` (the user's own: they are
+        never deleted, whatever ``overwrite`` says).
+    """
+    path = Path(path)
+    here = Path.cwd().resolve()
+    if path.resolve() == here or path.resolve() in here.parents:
+        raise CheckpointError(f"{what} {path} is the working directory or contains it; write into a folder of its own")
+    if not path.exists():
+        return
+    if not path.is_dir():
+        raise CheckpointError(f"{what} {path} is a file, not a folder; choose another {what}")
+    names = sorted(p.name for p in path.iterdir())
+    if names and not any((path / m).exists() for m in marks):
+        shown = ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
+        raise CheckpointError(f"{what} {path} holds files this tool did not write ({shown}); it replaces only an empty "
+                              f"folder or one it wrote (with {' or '.join(marks)}): choose another {what}")
+
+
 def save_pruned(model: nn.Module, path, tokenizer=None, overwrite: bool = False) -> Path:
     """``save_pretrained`` into ``path`` atomically.
 
@@ -26,13 +65,13 @@ def save_pruned(model: nn.Module, path, tokenizer=None, overwrite: bool = False)
     Raises
     ------
     CheckpointError
-        ``path`` exists and ``overwrite`` is False; or ``model`` is a peft
-        model (merge it first: ``model.merge_and_unload()``).
+        ``path`` exists and ``overwrite`` is False; ``path`` is not a folder this
+        function may replace (:func:`check_replaceable`: the working directory, a
+        file, a folder of other files); or ``model`` is a peft model (merge it
+        first: ``model.merge_and_unload()``).
     """
     path = Path(path)
-    here = Path.cwd().resolve()
-    if path.resolve() == here or path.resolve() in here.parents:
-        raise CheckpointError(f"{path} is the working directory or contains it; save into a folder of its own")
+    check_replaceable(path, MODEL_MARKS)
     if hasattr(model, "peft_config"):
         raise CheckpointError("save_pruned takes a merged model: call model.merge_and_unload() first")
     if path.exists() and not overwrite:

@@ -8,7 +8,8 @@ from typing import Optional
 
 import typer
 
-from .pipeline import PruneSettings
+from .checkpoint import MODEL_MARKS
+from .pipeline import RUN_MARKS, PruneSettings
 
 DEFAULTS = PruneSettings()
 app = typer.Typer(add_completion=False, no_args_is_help=True,
@@ -30,6 +31,7 @@ PRUNE_FLAGS = {"ratio": "--ratio", "baseline": "--baseline", "eval_limit": "--ev
                "keep_layers": "--keep-layers", "kinds": "--kinds", "dtype": "--dtype", "data_dir": "--data-dir",
                "eval_data_dir": "--data-dir",
                "resume=True": "--resume", "overwrite=True": "--overwrite"}
+ANALYSIS_MARKS = ("knowledge.json",)  # what `analyze` writes: a folder holding it may be written over
 ANALYZE_FLAGS = {"fraction": "--fraction", "unprunable_ratio": "--unprunable-ratio"}
 
 
@@ -73,10 +75,25 @@ def _exists_message(out: Path, resumable: bool) -> str:
     return f"{out} exists; pass --overwrite to replace it or choose another --out"
 
 
-def _check_out(out: Path, overwrite: bool, resume: bool | None = None) -> None:
-    """Refuse, before any work, an ``out`` that exists (unless told) or cannot be written."""
+def _check_out(out: Path, overwrite: bool, resume: bool | None = None, marks: tuple | None = None,
+               model: str | None = None) -> None:
+    """Refuse, before any work, an ``out`` that overlaps the input ``model`` folder, exists (unless told) or cannot
+    be written; with ``marks`` (``out`` is a folder), one that is the working directory, a file or a folder of the
+    user's own files (:func:`~shear_graph.checkpoint.check_replaceable`)."""
     import tempfile
 
+    from shear_graph.checkpoint import check_replaceable
+    from shear_graph.errors import CheckpointError
+
+    if model is not None and Path(model).exists():
+        src, dst = Path(model).resolve(), out.resolve()
+        if dst == src or dst in src.parents or src in dst.parents:
+            _fail(f"--out {out} overlaps the input model folder {model}; write the pruned model elsewhere")
+    if marks is not None:
+        try:
+            check_replaceable(out, marks, what="--out")
+        except CheckpointError as e:
+            _fail(str(e))
     if out.exists() and not (overwrite or resume):
         _fail(_exists_message(out, resumable=resume is not None))
     # the nearest folder that exists is the one to probe: creating the missing ones now would leave them
@@ -128,11 +145,7 @@ def oneshot(
     import shear_graph as sg
     from shear_graph.default_model import load_model
 
-    _check_out(out, overwrite)
-    if model is not None and Path(model).exists():
-        src, dst = Path(model).resolve(), out.resolve()
-        if dst == src or dst in src.parents or src in dst.parents:
-            _fail(f"--out {out} overlaps the input model folder {model}; write the pruned model elsewhere")
+    _check_out(out, overwrite, marks=MODEL_MARKS, model=model)
     wanted = [k.strip() for k in kinds.split(",") if k.strip()]
     unknown = set(wanted) - {"attention_head", "ffn", "hidden", "other"}
     if unknown or not wanted:
@@ -226,7 +239,7 @@ def analyze(
 
     from shear_graph.knowledge import check_analysis_settings
 
-    _check_out(out, overwrite)
+    _check_out(out, overwrite, marks=ANALYSIS_MARKS)
     if dtype not in ("float32", "bfloat16", "float16"):
         _fail(f"--dtype must be float32, bfloat16 or float16, got {dtype}")
     for name, value in (("--n-eval", n_eval), ("--n-calib", n_calib), ("--block-len", block_len),
@@ -429,11 +442,7 @@ def prune(
     from shear_graph.default_model import load_model
     from shear_graph.pipeline import prune as run_prune
 
-    _check_out(out, overwrite, resume)
-    if model is not None and Path(model).exists():
-        src, dst = Path(model).resolve(), out.resolve()
-        if dst == src or dst in src.parents or src in dst.parents:
-            _fail(f"--out {out} overlaps the input model folder {model}; write the pruned model elsewhere")
+    _check_out(out, overwrite, resume, marks=RUN_MARKS, model=model)
     none = tasks.strip().lower() == "none"
     chosen = () if none else tuple(t.strip() for t in tasks.split(",") if t.strip())
     if not chosen and not none:

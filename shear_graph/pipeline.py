@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .checkpoint import load_pruned, save_pruned
+from .checkpoint import check_replaceable, load_pruned, save_pruned
 from .data import DataError, Domain, check_tokenizer, default_domains, make_blocks
 from .distill import check_distill
 from .errors import CheckpointError, EvalDataError, PlanError, ShearGraphError
@@ -51,6 +51,7 @@ def known_tasks() -> list:
 
 
 PRUNED_KINDS = ("attention_head", "ffn")
+RUN_MARKS = (".work", "results.json")  # what a run writes in its folder: a folder holding one may be replaced
 
 
 # settings no stage before LHSPG reads: a run stopped before LHSPG finished resumes with them changed,
@@ -460,8 +461,7 @@ def prune(model: nn.Module | None = None, tokenizer=None, *, out, settings: Prun
     if overwrite and resume:
         raise ShearGraphError("overwrite=True (--overwrite) and resume=True (--resume) exclude each other: "
                               "pass one")
-    if out.exists() and not out.is_dir():
-        raise ShearGraphError(f"{out} is a file, not an output folder; choose another out (--out)")
+    check_replaceable(out, RUN_MARKS, what="out (--out)")
     if out.exists() and not (overwrite or resume):
         if (out / ".work" / "settings.json").is_file():
             raise ShearGraphError(f"{out} holds an unfinished run; pass resume=True (--resume) to continue it "

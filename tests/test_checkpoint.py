@@ -177,6 +177,17 @@ def test_saving_into_the_working_directory_is_refused(tmp_path, monkeypatch):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_overwrite_replaces_a_saved_model_but_never_other_files(tmp_path):
+    pruned = prune_all_kinds(build("llama"))
+    sg.save_pruned(pruned, tmp_path / "m")
+    sg.save_pruned(pruned, tmp_path / "m", overwrite=True)  # an earlier save is ours to replace
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("mine")
+    with pytest.raises(sg.CheckpointError, match=r"holds files this tool did not write \(notes.txt\)"):
+        sg.save_pruned(pruned, tmp_path / "mine", overwrite=True)
+    assert [p.name for p in (tmp_path / "mine").iterdir()] == ["notes.txt"]
+
+
 def test_saved_files_are_readable_by_others(tmp_path):
     """Bug: the output folder was 0700 and its files 0600."""
     import os

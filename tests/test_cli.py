@@ -253,3 +253,23 @@ def test_setting_names_become_flags_only_as_whole_words():
         "choose a smaller --ratio or more --kinds")
     assert _as_flags("see PruneSettings.kinds and kinds_x", PRUNE_FLAGS) == "see PruneSettings.kinds and kinds_x"
 
+
+
+def test_overwrite_never_deletes_the_working_directory_or_the_users_files(tiny_folder, tmp_path, monkeypatch):
+    """Bug: `prune --out "" --overwrite` read the empty path as ".", deleted everything in the working
+    directory and then failed with a traceback."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "precious.txt").write_text("mine")
+    for out in ("", "."):
+        result = run("prune", tiny_folder, "--out", out, "--overwrite")
+        assert result.exit_code == 2 and "is the working directory or contains it" in result.output, result.output
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("mine")
+    for command in (["prune"], ["oneshot"], ["analyze", "--domain", tmp_path / "precious.txt"]):
+        result = run(*command, *([] if command[0] == "analyze" else [tiny_folder]), "--out", mine, "--overwrite")
+        assert result.exit_code == 2 and "holds files this tool did not write (notes.txt)" in result.output, \
+            result.output
+    assert (tmp_path / "precious.txt").read_text() == "mine" and (mine / "notes.txt").read_text() == "mine"
+    result = run("prune", tiny_folder, "--out", tmp_path / "precious.txt")
+    assert result.exit_code == 2 and "is a file, not a folder" in result.output and "--overwrite" not in result.output

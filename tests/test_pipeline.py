@@ -112,7 +112,7 @@ def test_transformers_bars_are_restored_after_an_error_and_left_off_when_off():
 
 def test_a_file_as_out_is_refused_even_with_overwrite(tiny, tmp_path):
     (tmp_path / "afile").write_text("mine")
-    with pytest.raises(ShearGraphError, match="is a file, not an output folder"):
+    with pytest.raises(ShearGraphError, match="is a file, not a folder"):
         prune(*tiny, out=tmp_path / "afile", settings=settings(), domains=tiny_domains(), overwrite=True,
               progress=False)
     assert (tmp_path / "afile").read_text() == "mine"
@@ -123,6 +123,18 @@ def test_a_new_run_refused_for_its_data_leaves_no_folder(tiny, tmp_path):
         prune(*tiny, out=tmp_path / "out", settings=settings(), domains=[Domain("tiny", ["hello world"], "x")],
               progress=False)
     assert not (tmp_path / "out").exists()
+
+
+def test_overwrite_never_deletes_files_a_run_did_not_write(tiny, tmp_path, monkeypatch):
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("mine")
+    with pytest.raises(ShearGraphError, match=r"holds files this tool did not write \(notes.txt\)"):
+        prune(*tiny, out=mine, settings=settings(), domains=tiny_domains(), overwrite=True, progress=False)
+    monkeypatch.chdir(mine)
+    with pytest.raises(ShearGraphError, match="is the working directory or contains it"):
+        prune(*tiny, out="", settings=settings(), domains=tiny_domains(), overwrite=True, progress=False)
+    assert (mine / "notes.txt").read_text() == "mine" and len(list(mine.iterdir())) == 1
 
 
 def test_existing_out_is_refused_without_overwrite_or_resume(tiny, tmp_path):
