@@ -390,6 +390,18 @@ def _quality_name(ratio: float, smoke: bool, general_text: bool, variant: dict |
             f"{'_smoke' if smoke else ''}")
 
 
+def _timed_in_turn(models: dict, rounds: int) -> dict:
+    """name -> forward tokens/s (1 x 512) per round: every model timed once a round, in turn, so a change in the
+    machine's speed falls on all of them alike."""
+    from shear_graph.pipeline import tokens_per_second
+
+    times = {name: [] for name in models}
+    for _ in range(rounds):
+        for name, model in models.items():
+            times[name].append(round(tokens_per_second(model), 1))
+    return times
+
+
 def part_speed(ratio: float, general_text: bool = False, variant: dict | None = None, rounds: int = 5,
                self_text: bool = False) -> dict:
     """Forward tokens/s (batch 1 x 512) of the dense model and of every pruned
@@ -410,7 +422,6 @@ def part_speed(ratio: float, general_text: bool = False, variant: dict | None = 
 
     import shear_graph as sg
     from shear_graph.default_model import load_default_model
-    from shear_graph.pipeline import tokens_per_second
 
     work = HERE / "work" / _quality_name(ratio, False, general_text, variant, self_text) / ".work"
     if not (work / "lhspg_recovered").is_dir():
@@ -425,10 +436,7 @@ def part_speed(ratio: float, general_text: bool = False, variant: dict | None = 
     for name, fn in PEERS.items():
         models[f"{name}_pruned"] = fn(copy.deepcopy(dense), calib, n_params).eval()
     load = os.getloadavg()[0]
-    times = {name: [] for name in models}
-    for _ in range(rounds):
-        for name, model in models.items():
-            times[name].append(round(tokens_per_second(model), 1))
+    times = _timed_in_turn(models, rounds)
     return {"ratio": ratio, "general_text": general_text, "self_text": self_text, **_changed(variant),
             "load_average_at_start": load, "rounds": rounds,
             "rows": {name: {"params": _n_params(m), "tokens_per_s": statistics.median(times[name]),
@@ -451,7 +459,6 @@ def part_widths(rounds: int = 5) -> dict:
 
     import shear_graph as sg
     from shear_graph.default_model import load_default_model
-    from shear_graph.pipeline import tokens_per_second
 
     dense = load_default_model()[0].eval()
     groups = sg.find_groups(sg.trace(dense))
@@ -470,10 +477,7 @@ def part_widths(rounds: int = 5) -> dict:
         plan = sg.PrunePlan.from_channels(dense, groups, {g.id: list(range(c)) for g, c in zip(ffn, cuts)})
         models[name] = sg.apply_plan(dense, plan).eval()
     load = os.getloadavg()[0]
-    times = {name: [] for name in models}
-    for _ in range(rounds):
-        for name, model in models.items():
-            times[name].append(round(tokens_per_second(model), 1))
+    times = _timed_in_turn(models, rounds)
     return {"load_average_at_start": load, "rounds": rounds,
             "rows": {name: {"params": _n_params(m), "tokens_per_s": statistics.median(times[name]),
                             "per_round": times[name],
