@@ -63,7 +63,8 @@ def _check_device(device: str) -> None:
     try:
         torch.empty(0, device=device)
     except (RuntimeError, AssertionError) as e:
-        _fail(f"device {device!r} is not usable here: {str(e).splitlines()[0]}")
+        _fail(f"device {device!r} is not usable here: {str(e).splitlines()[0]}; use --device cpu, or a machine "
+              "and a torch build that have it")
 
 
 def _exists_message(out: Path, resumable: bool) -> str:

@@ -123,7 +123,8 @@ class PruneSettings:
         if self.dtype not in ("float32", "bfloat16", "float16"):
             raise ShearGraphError(f"dtype must be float32, bfloat16 or float16, got {self.dtype}")
         if self.eval_limit is not None and self.eval_limit < 1:
-            raise ShearGraphError(f"eval_limit must be at least 1 (or None for every item), got {self.eval_limit}")
+            raise ShearGraphError(f"eval_limit must be at least 1 (in Python, None scores every item), got "
+                                  f"{self.eval_limit}")
         if isinstance(self.kinds, str):
             raise ShearGraphError(f"kinds must be a tuple of group kinds such as ('ffn',), not the string "
                                   f"{self.kinds!r}")

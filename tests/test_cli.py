@@ -157,6 +157,7 @@ def test_unwritable_output_is_refused_before_any_model_is_loaded(command, monkey
                                         "types LHSPG prunes), got 'hiden'"),
     (["prune", "--kinds", ""], "--kinds must name one or both of attention_head, ffn"),
     (["prune", "--ratio", "0"], "--ratio must be above 0"),
+    (["prune", "--eval-limit", "0"], "--eval-limit must be at least 1 (in Python, None scores every item), got 0"),
     (["oneshot", "--ratio", "0"], "--ratio must be above 0"),
     (["prune", "--tasks", "piqa,nope"], "unknown --tasks ['nope']"),
     (["prune", "--tasks", " "], "--tasks is empty"),
@@ -198,6 +199,7 @@ def test_unusable_device_is_a_clear_error(command, tmp_path, monkeypatch):
     monkeypatch.setattr(default_model, "load_model", lambda *a, **kw: (_ for _ in ()).throw(AssertionError("loaded")))
     result = run(command, "--device", "cuda", "--out", tmp_path / ("r.json" if command == "eval" else "out"))
     assert result.exit_code == 2 and "device 'cuda' is not usable here" in result.output, result.output
+    assert "use --device cpu" in result.output  # and what to do about it
 
 
 def test_prune_refuses_a_task_folder_that_lacks_tasks_before_any_work(tmp_path, monkeypatch):

@@ -55,7 +55,17 @@ def test_job_writes_model_plan_knowledge_results_and_report(finished, tiny):
     assert PruneResult.load(out).stages == stages
     page = (out / "report.html").read_text()
     assert "shear-graph-data" in page and "LoRAShear, after recovery" in page
+    assert "no zero-shot tasks in this run" in page and "items of each task" not in page  # eval_tasks=()
     assert json.loads(page.split('id="shear-graph-data">')[1].split("</script>")[0].replace("&quot;", '"'))
+
+
+def test_report_names_the_zero_shot_items_only_when_tasks_ran():
+    """Bug: a run with --tasks none was captioned 'zero-shot scores on the first 100 items of each task'."""
+    from viz.prune_report import _zero_shot_note
+
+    assert "first 100 items of each task" in _zero_shot_note({"eval_tasks": ["piqa"], "eval_limit": 100})
+    for tasks in ([], ["wikitext2"]):
+        assert _zero_shot_note({"eval_tasks": tasks, "eval_limit": 100}) == "; no zero-shot tasks in this run"
 
 
 def test_stage_table_has_one_row_per_model(finished):

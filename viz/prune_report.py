@@ -80,6 +80,13 @@ def lhspg_curve(lhspg: dict) -> go.Figure:
     return fig
 
 
+def _zero_shot_note(settings: dict) -> str:
+    if not [t for t in settings.get("eval_tasks", ()) if t != "wikitext2"]:
+        return "; no zero-shot tasks in this run"
+    return (f"; zero-shot scores on the first {settings['eval_limit']} items of each task "
+            "(lm-evaluation-harness conventions)")
+
+
 def _flat_note(names: list) -> str:
     if not names:
         return ""
@@ -128,8 +135,7 @@ table{{border-collapse:collapse;margin:8px 0}}td,th{{border:1px solid #ccc;paddi
 {"".join(f'<p style="color:#a15c00"><b>note:</b> {html.escape(n)}</p>' for n in result.notes)}
 <h2>Models</h2>
 <p>Perplexity on held-out blocks of {result.settings["block_len"]} tokens (never trained on or used for a
-decision); zero-shot scores on the first {result.settings["eval_limit"]} items of each task
-(lm-evaluation-harness conventions){wikitext_note}.</p>
+decision){_zero_shot_note(result.settings)}{wikitext_note}.</p>
 {_table(rows, header)}
 <h2>Knowledge distribution</h2>{plots[0]}
 <h2>LHSPG</h2>{plots[1]}
