@@ -16,20 +16,26 @@ from .prune import EPS_ATTRS, METADATA_KEY
 from .rebuild import derive_attention, sync_shape_attributes
 
 
-MODEL_MARKS = ("config.json",)  # what save_pruned writes: a folder holding it may be replaced
+def is_saved_model(path: Path) -> bool:
+    """Whether ``path`` holds a model that :func:`save_pruned` wrote (its config carries the pruning record)."""
+    try:
+        return METADATA_KEY in json.loads((Path(path) / "config.json").read_text())
+    except (OSError, ValueError):
+        return False
 
 
-def check_replaceable(path, marks: tuple, what: str = "path") -> None:
+def check_replaceable(path, written, what: str = "path") -> None:
     """Refuse a folder that an ``overwrite`` could not replace without losing what is not ours.
 
     Parameters
     ----------
     path : str or Path
         The output folder; it need not exist.
-    marks : tuple of str
-        Names of files or folders that this tool writes there (``config.json`` of a
-        saved model; ``results.json`` or ``.work`` of a run): a folder holding one of
-        them, or an empty one, is ours to replace.
+    written : tuple of str or callable
+        The names this tool writes into such a folder (every entry must be one of
+        them: a run's ``model``, ``results.json``, ``.work``, ...), or a test
+        ``path -> bool`` that the folder is one it wrote (:func:`is_saved_model`).
+        An empty folder is always ours to replace.
     what : str
         How messages name the path (``"--out"`` for the command line).
 
@@ -37,8 +43,8 @@ def check_replaceable(path, marks: tuple, what: str = "path") -> None:
     ------
     CheckpointError
         ``path`` is the working directory or a folder above it; ``path`` is a file;
-        or it is a folder whose files are none of ``marks`` (the user's own: they are
-        never deleted, whatever ``overwrite`` says).
+        or it is a folder holding anything this tool did not write there (the user's
+        own files or model: never deleted, whatever ``overwrite`` says).
     """
     path = Path(path)
     here = Path.cwd().resolve()
@@ -49,10 +55,12 @@ def check_replaceable(path, marks: tuple, what: str = "path") -> None:
     if not path.is_dir():
         raise CheckpointError(f"{what} {path} is a file, not a folder; choose another {what}")
     names = sorted(p.name for p in path.iterdir())
-    if names and not any((path / m).exists() for m in marks):
-        shown = ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
+    foreign = (([] if written(path) else names) if callable(written) else
+               [n for n in names if n not in written])
+    if foreign:
+        shown = ", ".join(foreign[:3]) + (", ..." if len(foreign) > 3 else "")
         raise CheckpointError(f"{what} {path} holds files this tool did not write ({shown}); it replaces only an empty "
-                              f"folder or one it wrote (with {' or '.join(marks)}): choose another {what}")
+                              f"folder or one it wrote: choose another {what}")
 
 
 def save_pruned(model: nn.Module, path, tokenizer=None, overwrite: bool = False) -> Path:
@@ -71,7 +79,7 @@ def save_pruned(model: nn.Module, path, tokenizer=None, overwrite: bool = False)
         first: ``model.merge_and_unload()``).
     """
     path = Path(path)
-    check_replaceable(path, MODEL_MARKS)
+    check_replaceable(path, is_saved_model)
     if hasattr(model, "peft_config"):
         raise CheckpointError("save_pruned takes a merged model: call model.merge_and_unload() first")
     if path.exists() and not overwrite:

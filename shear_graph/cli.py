@@ -8,8 +8,8 @@ from typing import Optional
 
 import typer
 
-from .checkpoint import MODEL_MARKS
-from .pipeline import RUN_MARKS, PruneSettings
+from .checkpoint import is_saved_model
+from .pipeline import RUN_FILES, PruneSettings
 
 DEFAULTS = PruneSettings()
 app = typer.Typer(add_completion=False, no_args_is_help=True,
@@ -31,7 +31,7 @@ PRUNE_FLAGS = {"ratio": "--ratio", "baseline": "--baseline", "eval_limit": "--ev
                "keep_layers": "--keep-layers", "kinds": "--kinds", "dtype": "--dtype", "data_dir": "--data-dir",
                "eval_data_dir": "--data-dir",
                "resume=True": "--resume", "overwrite=True": "--overwrite"}
-ANALYSIS_MARKS = ("knowledge.json",)  # what `analyze` writes: a folder holding it may be written over
+ANALYSIS_FILES = ("knowledge.json", "saliency.json", "report.html")  # everything `analyze` writes
 ANALYZE_FLAGS = {"fraction": "--fraction", "unprunable_ratio": "--unprunable-ratio"}
 
 
@@ -76,11 +76,11 @@ def _exists_message(out: Path, resumable: bool) -> str:
     return f"{out} exists; pass --overwrite to replace it or choose another --out"
 
 
-def _check_out(out: Path, overwrite: bool, resume: bool | None = None, marks: tuple | None = None,
+def _check_out(out: Path, overwrite: bool, resume: bool | None = None, written=None,
                model: str | None = None) -> None:
     """Refuse, before any work, an ``out`` that overlaps the input ``model`` folder, exists (unless told) or cannot
-    be written; with ``marks`` (``out`` is a folder), one that is the working directory, a file or a folder of the
-    user's own files (:func:`~shear_graph.checkpoint.check_replaceable`)."""
+    be written; with ``written`` (``out`` is a folder), one that is the working directory, a file or a folder
+    holding what the command did not write (:func:`~shear_graph.checkpoint.check_replaceable`)."""
     import tempfile
 
     from shear_graph.checkpoint import check_replaceable
@@ -90,9 +90,9 @@ def _check_out(out: Path, overwrite: bool, resume: bool | None = None, marks: tu
         src, dst = Path(model).resolve(), out.resolve()
         if dst == src or dst in src.parents or src in dst.parents:
             _fail(f"--out {out} overlaps the input model folder {model}; write the pruned model elsewhere")
-    if marks is not None:
+    if written is not None:
         try:
-            check_replaceable(out, marks, what="--out")
+            check_replaceable(out, written, what="--out")
         except CheckpointError as e:
             _fail(str(e))
     if out.exists() and not (overwrite or resume):
@@ -146,7 +146,7 @@ def oneshot(
     import shear_graph as sg
     from shear_graph.default_model import load_model
 
-    _check_out(out, overwrite, marks=MODEL_MARKS, model=model)
+    _check_out(out, overwrite, written=is_saved_model, model=model)
     wanted = [k.strip() for k in kinds.split(",") if k.strip()]
     unknown = set(wanted) - {"attention_head", "ffn", "hidden", "other"}
     if unknown or not wanted:
@@ -240,7 +240,7 @@ def analyze(
 
     from shear_graph.knowledge import check_analysis_settings
 
-    _check_out(out, overwrite, marks=ANALYSIS_MARKS)
+    _check_out(out, overwrite, written=ANALYSIS_FILES)
     if dtype not in ("float32", "bfloat16", "float16"):
         _fail(f"--dtype must be float32, bfloat16 or float16, got {dtype}")
     for name, value in (("--n-eval", n_eval), ("--n-calib", n_calib), ("--block-len", block_len),
@@ -443,7 +443,7 @@ def prune(
     from shear_graph.default_model import load_model
     from shear_graph.pipeline import prune as run_prune
 
-    _check_out(out, overwrite, resume, marks=RUN_MARKS, model=model)
+    _check_out(out, overwrite, resume, written=RUN_FILES, model=model)
     none = tasks.strip().lower() == "none"
     chosen = () if none else tuple(t.strip() for t in tasks.split(",") if t.strip())
     if not chosen and not none:

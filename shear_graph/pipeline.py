@@ -51,7 +51,8 @@ def known_tasks() -> list:
 
 
 PRUNED_KINDS = ("attention_head", "ffn")
-RUN_MARKS = (".work", "results.json")  # what a run writes in its folder: a folder holding one may be replaced
+# everything a run writes in its folder: --overwrite replaces a folder holding nothing else
+RUN_FILES = ("model", "plan.json", "knowledge.json", "results.json", "report.html", ".work")
 
 
 # settings no stage before LHSPG reads: a run stopped before LHSPG finished resumes with them changed,
@@ -462,7 +463,7 @@ def prune(model: nn.Module | None = None, tokenizer=None, *, out, settings: Prun
     if overwrite and resume:
         raise ShearGraphError("overwrite=True (--overwrite) and resume=True (--resume) exclude each other: "
                               "pass one")
-    check_replaceable(out, RUN_MARKS, what="out (--out)")
+    check_replaceable(out, RUN_FILES, what="out (--out)")
     if out.exists() and not (overwrite or resume):
         if (out / ".work" / "settings.json").is_file():
             raise ShearGraphError(f"{out} holds an unfinished run; pass resume=True (--resume) to continue it "

@@ -186,6 +186,10 @@ def test_overwrite_replaces_a_saved_model_but_never_other_files(tmp_path):
     with pytest.raises(sg.CheckpointError, match=r"holds files this tool did not write \(notes.txt\)"):
         sg.save_pruned(pruned, tmp_path / "mine", overwrite=True)
     assert [p.name for p in (tmp_path / "mine").iterdir()] == ["notes.txt"]
+    build("llama").save_pretrained(tmp_path / "theirs")  # a model shear-graph did not save: never replaced
+    with pytest.raises(sg.CheckpointError, match="holds files this tool did not write"):
+        sg.save_pruned(pruned, tmp_path / "theirs", overwrite=True)
+    assert sg.count_params(type(build("llama")).from_pretrained(tmp_path / "theirs")) > sg.count_params(pruned)
 
 
 def test_saved_files_are_readable_by_others(tmp_path):

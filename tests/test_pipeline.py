@@ -141,10 +141,14 @@ def test_overwrite_never_deletes_files_a_run_did_not_write(tiny, tmp_path, monke
     (mine / "notes.txt").write_text("mine")
     with pytest.raises(ShearGraphError, match=r"holds files this tool did not write \(notes.txt\)"):
         prune(*tiny, out=mine, settings=settings(), domains=tiny_domains(), overwrite=True, progress=False)
+    (mine / "results.json").write_text("{}")  # a run's file beside the user's does not make the folder ours
+    with pytest.raises(ShearGraphError, match=r"holds files this tool did not write \(notes.txt\)"):
+        prune(*tiny, out=mine, settings=settings(), domains=tiny_domains(), overwrite=True, progress=False)
+    assert (mine / "notes.txt").read_text() == "mine"
     monkeypatch.chdir(mine)
     with pytest.raises(ShearGraphError, match="is the working directory or contains it"):
         prune(*tiny, out="", settings=settings(), domains=tiny_domains(), overwrite=True, progress=False)
-    assert (mine / "notes.txt").read_text() == "mine" and len(list(mine.iterdir())) == 1
+    assert (mine / "notes.txt").read_text() == "mine" and len(list(mine.iterdir())) == 2
 
 
 def test_existing_out_is_refused_without_overwrite_or_resume(tiny, tmp_path):
