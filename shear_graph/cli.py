@@ -27,7 +27,7 @@ def _fail(message: str) -> None:
 PRUNE_FLAGS = {"ratio": "--ratio", "baseline": "--baseline", "eval_limit": "--eval-limit", "eval_tasks": "--tasks",
                "n_periods": "--n-periods", "period_steps": "--period-steps", "recovery_steps": "--recovery-steps",
                "lora_rank": "--lora-rank", "layer_shares": "--layer-shares", "distill": "--distill",
-               "recovery_distill": "--recovery-distill",
+               "recovery_distill": "--recovery-distill", "peer_budget": "--baseline-budget",
                "keep_layers": "--keep-layers", "kinds": "--kinds", "dtype": "--dtype", "data_dir": "--data-dir",
                "eval_data_dir": "--data-dir",
                "resume=True": "--resume", "overwrite=True": "--overwrite"}
@@ -219,7 +219,8 @@ def analyze(
     out: Path = typer.Option(Path("out/analysis"), help="Output folder: report.html, knowledge.json, saliency.json"),
     saliency: str = typer.Option("taylor", help="Saliency criterion: magnitude, taylor, activation, lora"),
     domain: list[Path] = typer.Option([], help="A text (.txt/.jsonl) domain; repeat for several. "
-                                                 "Default: Python docs and standard-library code"),
+                                                 "Default: Python docs, standard-library code and "
+                                                 "the Brown Corpus (general English, when installed)"),
     fraction: float = typer.Option(0.25, help="Share of each cluster's channels masked"),
     unprunable_ratio: float = typer.Option(0.2, help="Share of clusters marked unprunable"),
     block_len: int = typer.Option(128, help="Tokens per block"),
@@ -404,9 +405,13 @@ def prune(
     out: Path = typer.Option(Path("out/pruned"), help="Output folder: model/, plan.json, knowledge.json, "
                                                        "results.json, report.html"),
     baseline: str = typer.Option("taylor", help="One-shot baseline pruned to the same size and recovered on the "
-                                                "same budget: taylor, magnitude or none"),
+                                                "budget (--baseline-budget): taylor, magnitude or none"),
+    baseline_budget: str = typer.Option(DEFAULTS.peer_budget, help="tokens: the baseline recovers on as many "
+                                        "tokens as LHSPG and recovery together (equal compute); recovery: on the "
+                                        "recovery steps alone"),
     domain: list[Path] = typer.Option([], help="A training text (.txt/.jsonl) domain; repeat for several. "
-                                                 "Default: Python docs and standard-library code"),
+                                                 "Default: Python docs, standard-library code and "
+                                                 "the Brown Corpus (general English, when installed)"),
     data_dir: Optional[Path] = typer.Option(None, help="Zero-shot task folder (default $SHEAR_GRAPH_EVAL_DATA); "
                                                         "without one, zero-shot tasks are skipped with a note"),
     tasks: str = typer.Option(",".join(DEFAULTS.eval_tasks), help="Zero-shot tasks to evaluate, comma-separated; "
@@ -457,7 +462,7 @@ def prune(
                              lora_rank=lora_rank, layer_shares=layer_shares, distill=distill,
                              recovery_distill=recovery_distill, keep_layers=kept,
                              kinds=kind_names(kinds), device=device, dtype=dtype,
-                             eval_tasks=chosen)
+                             eval_tasks=chosen, peer_budget=baseline_budget)
     try:
         settings.check()
     except sg.ShearGraphError as e:

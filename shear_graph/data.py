@@ -93,10 +93,19 @@ def domain_from_dataset(dataset, name: str, text_field: str = "text") -> Domain:
     return Domain(name, [str(t) for t in dataset[text_field]], f"datasets:{label}")
 
 
-def default_domains(max_chars: int = 600_000) -> list:
+def default_domains(max_chars: int = 600_000, general: bool = True) -> list:
     """The embedded default: ``python_docs`` (pydoc topics, English prose) and
     ``python_code`` (standard-library sources, in sorted file order), each cut
-    to ``max_chars`` characters. Needs no download."""
+    to ``max_chars`` characters, and with ``general`` the Brown Corpus's
+    training documents as four genre domains (:func:`shear_graph.brown.brown_domains`,
+    whole documents up to ``max_chars`` each; left out where the corpus is not
+    installed, see :func:`shear_graph.brown.corpus_dir`). Needs no download.
+
+    Raises
+    ------
+    DataError
+        ``$SHEAR_GRAPH_BROWN`` names a folder without the corpus.
+    """
     import sysconfig
 
     from pydoc_data.topics import topics
@@ -110,8 +119,13 @@ def default_domains(max_chars: int = 600_000) -> list:
         size += len(text)
         if size >= max_chars:
             break
-    return [Domain("python_docs", [docs], "python:pydoc_data.topics"),
-            Domain("python_code", ["\n\n".join(code)[:max_chars]], f"python:{stdlib}/*.py")]
+    python = [Domain("python_docs", [docs], "python:pydoc_data.topics"),
+              Domain("python_code", ["\n\n".join(code)[:max_chars]], f"python:{stdlib}/*.py")]
+    if not general:
+        return python
+    from .brown import brown_domains, corpus_dir
+
+    return python + (brown_domains(max_chars=max_chars)[0] if corpus_dir() is not None else [])
 
 
 @dataclass

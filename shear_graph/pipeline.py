@@ -59,7 +59,7 @@ RUN_FILES = ("model", "plan.json", "knowledge.json", "results.json", "report.htm
 # keeping its dense evaluation and knowledge analysis
 LHSPG_ONWARD = {"ratio", "kinds", "layer_shares", "keep_layers", "warmup_steps", "n_periods", "period_steps",
                 "final_steps", "lhspg_lr", "distill", "recovery_steps", "recovery_lr", "recovery_distill",
-                "update_every", "lora_rank", "lora_alpha", "baseline"}
+                "update_every", "lora_rank", "lora_alpha", "baseline", "peer_budget"}
 
 
 @dataclass
@@ -91,6 +91,9 @@ class PruneSettings:
     recovery_steps: int = 200
     recovery_lr: float = 5e-4
     recovery_distill: float = 0.0  # weight of KL to the dense model in every method's recovery (shear_graph.distill)
+    # "tokens": the baseline and peers recover for LHSPG's steps plus recovery_steps (equal training tokens);
+    # "recovery": for recovery_steps alone (equal recovery, LHSPG's training not counted)
+    peer_budget: str = "tokens"
     update_every: int = 25
     lora_rank: int = 8
     lora_alpha: int = 16
@@ -102,6 +105,18 @@ class PruneSettings:
     device: str = "cpu"
     dtype: str = "float32"
 
+    @property
+    def lhspg_steps(self) -> int:
+        """LHSPG's optimizer steps: warm-up, periods and the final steps."""
+        return self.warmup_steps + self.n_periods * self.period_steps + self.final_steps
+
+    @property
+    def peer_recovery_steps(self) -> int:
+        """Recovery steps of the baseline and the peers under :attr:`peer_budget`."""
+        if not self.recovery_steps:
+            return 0
+        return self.recovery_steps + (self.lhspg_steps if self.peer_budget == "tokens" else 0)
+
     def check(self) -> None:
         """Raise :class:`ShearGraphError` (or :class:`PlanError` for the ratio)
         naming the first bad setting."""
@@ -112,6 +127,9 @@ class PruneSettings:
             raise ShearGraphError(f"unknown eval_tasks {unknown}; known: {', '.join(known_tasks())}")
         if self.layer_shares not in ("uniform", "knowledge"):
             raise ShearGraphError(f"layer_shares must be uniform or knowledge, got {self.layer_shares!r}")
+        if self.peer_budget not in ("tokens", "recovery"):
+            raise ShearGraphError(f"peer_budget must be tokens (the baseline recovers on as many tokens as LHSPG and "
+                                  f"recovery together) or recovery, got {self.peer_budget!r}")
         if self.baseline not in (None, "taylor", "magnitude"):
             raise ShearGraphError(f"baseline must be taylor, magnitude or none, got {self.baseline!r}")
         for name in ("n_eval", "n_probe", "n_train", "n_periods", "period_steps", "batch_size", "lora_rank",
@@ -192,6 +210,14 @@ class PruneResult:
         d = json.loads((Path(out) / "results.json").read_text())
         d["out"] = Path(d["out"])
         return cls(**d)
+
+
+def general_english_eval() -> Domain | None:
+    """The Brown Corpus's held-out documents (:func:`shear_graph.brown.brown_domains`,
+    never among the default training domains), or None where the corpus is not installed."""
+    from .brown import brown_domains, corpus_dir
+
+    return brown_domains(max_chars=600_000)[1] if corpus_dir() is not None else None
 
 
 def out_of_domain_text() -> Domain | None:
@@ -401,11 +427,13 @@ def prune(model: nn.Module | None = None, tokenizer=None, *, out, settings: Prun
         ``report.html``.
     settings : PruneSettings
     domains : list of Domain, optional
-        Training/calibration domains; default Python docs and standard-library
-        code.
+        Training/calibration domains; default :func:`~shear_graph.data.default_domains`:
+        Python docs, standard-library code and the Brown Corpus's training
+        documents in four genre domains (without the corpus, Python alone and a note).
     eval_domains : list of Domain, optional
         Evaluation-only texts (perplexity on ``n_eval`` blocks each, never trained
-        on); default the Devil's Dictionary when installed, ``[]`` for none.
+        on); default the Brown Corpus's held-out documents and the Devil's
+        Dictionary, each where installed; ``[]`` for none.
     data_dir : path, optional
         Zero-shot task folder (:mod:`shear_graph.tasks`; default
         ``$SHEAR_GRAPH_EVAL_DATA``). With neither, zero-shot tasks are skipped
@@ -434,8 +462,11 @@ def prune(model: nn.Module | None = None, tokenizer=None, *, out, settings: Prun
         ``fn(model, calib, n_params)`` gets a copy of the dense model, calibration
         blocks (int64 [n, block_len], training split) and the LoRAShear model's
         parameter count to match, and returns the pruned model. Each is evaluated
-        after pruning (zero-shot included) and after the same recovery; stages
-        ``{name}_pruned`` and ``{name}_recovered``. Only their results are cached:
+        after pruning and after the baseline's recovery (``settings.peer_recovery_steps``;
+        zero-shot on the final model), stages ``{name}_pruned`` and
+        ``{name}_recovered``; a callable whose attribute ``recover`` is False (a
+        retraining-free method) is evaluated once, zero-shot included, as
+        ``{name}_pruned``. Only their results are cached:
         a resumed run skips a finished peer and reruns an unfinished one whole.
 
     Returns
@@ -520,9 +551,14 @@ def prune(model: nn.Module | None = None, tokenizer=None, *, out, settings: Prun
         work.put_json("seconds", seconds)
         return value
 
-    domains = domains or default_domains()
+    if not domains:
+        domains = default_domains()
+        if len(domains) == 2:
+            notes.append("general English (the Brown Corpus) not found: training on Python docs and code only; "
+                         "get it with `make install` where npm is present, or set SHEAR_GRAPH_BROWN")
+            say(f"note: {notes[-1]}")
     if eval_domains is None:
-        eval_domains = [d for d in [out_of_domain_text()] if d is not None]
+        eval_domains = [d for d in [general_english_eval(), out_of_domain_text()] if d is not None]
     clash = {d.name for d in eval_domains} & {d.name for d in domains}
     if clash:
         raise DataError(f"domain(s) {sorted(clash)} given both for training and as evaluation-only; "
@@ -561,7 +597,8 @@ def prune(model: nn.Module | None = None, tokenizer=None, *, out, settings: Prun
         def analysis():
             sal = compute_saliency(model, groups, settings.saliency, calib,
                                    batch_size=settings.batch_size, split=split, progress=progress)
-            return analyze_knowledge(model, groups, sal, torch.cat(list(probe.values())), settings.fraction,
+            return analyze_knowledge(model, groups, sal, calibration_sample(probe, 2 * settings.n_probe),
+                                     settings.fraction,
                                      settings.unprunable_ratio, batch_size=settings.batch_size, split=split,
                                      progress=progress)
         km = timed("knowledge analysis", analysis)
@@ -596,8 +633,9 @@ def prune(model: nn.Module | None = None, tokenizer=None, *, out, settings: Prun
     recovery = work.json("recovery") or {}
 
     def run_recovery(name, start_model, checkpoint_dir=None):
+        steps = settings.recovery_steps if name == "lhspg" else settings.peer_recovery_steps
         res = timed(f"recovery {name}", lambda: recover(
-            start_model, train, probe, reference, steps=settings.recovery_steps, batch_size=settings.batch_size,
+            start_model, train, probe, reference, steps=steps, batch_size=settings.batch_size,
             lr=settings.recovery_lr, lora_rank=settings.lora_rank, lora_alpha=settings.lora_alpha,
             update_every=settings.update_every, seed=settings.seed, device=device, dtype=dtype, progress=progress,
             checkpoint_dir=checkpoint_dir, teacher=model, distill=settings.recovery_distill))
@@ -631,12 +669,14 @@ def prune(model: nn.Module | None = None, tokenizer=None, *, out, settings: Prun
         stage_eval("baseline_recovered", base_final)
 
     for name, fn in (peers or {}).items():
-        if f"{name}_recovered" in stages:
+        recovering = bool(settings.recovery_steps) and getattr(fn, "recover", True)
+        if f"{name}_recovered" in stages or (not recovering and f"{name}_pruned" in stages):
             continue
         stages.pop(f"{name}_pruned", None)
         peer = timed(f"{name} pruning", lambda: fn(copy.deepcopy(model), calib, count_params(pruned)))
-        stage_eval(f"{name}_pruned", peer)
-        stage_eval(f"{name}_recovered", run_recovery(name, peer) if settings.recovery_steps else peer)
+        stage_eval(f"{name}_pruned", peer, with_tasks=not recovering)
+        if recovering:
+            stage_eval(f"{name}_recovered", run_recovery(name, peer))
 
     result = PruneResult(out, recorded, stages, json.loads(km.to_json()), work.json("lhspg") or {},
                          recovery, seconds, split, notes)

@@ -10,6 +10,7 @@ from conftest import build, char_tokenizer, tiny_domains
 from conftest import tiny_job_settings as settings
 
 import shear_graph as sg
+from shear_graph.brown import corpus_dir
 from shear_graph.data import Domain
 from shear_graph.errors import PlanError, ShearGraphError
 from shear_graph.pipeline import OUT_OF_DOMAIN, PruneResult, PruneSettings, prune
@@ -48,7 +49,8 @@ def test_job_writes_model_plan_knowledge_results_and_report(finished, tiny):
     assert plan.removals and all(r.kind in ("attention_head", "ffn") for r in plan.removals)
     km = sg.KnowledgeMap.load(out / "knowledge.json")
     assert not {c.id for c in km.clusters if c.unprunable} & {r.group for r in plan.removals}
-    ood = {"devils_dictionary"} if OUT_OF_DOMAIN.exists() else set()  # evaluation only, never trained on
+    # evaluation only, never trained on
+    ood = ({"devils_dictionary"} if OUT_OF_DOMAIN.exists() else set()) | ({"brown_heldout"} if corpus_dir() else set())
     for row in stages.values():
         assert set(row["perplexity"]) == {"docs", "code"} | ood and row["tokens_per_s"] > 0
     assert finished.split["domains"].get("devils_dictionary", {"use": "evaluation only"})["use"] == "evaluation only"
@@ -407,17 +409,37 @@ def test_peers_run_beside_on_the_same_terms_and_only_they_run_on_resume(tiny, fi
         return sg.apply_plan(model, sg.plan_by_magnitude(model, groups, 1 - n_params / sg.count_params(model),
                                                          kinds=("ffn",)))
 
+    def retraining_free(model, calib, n_params):
+        return magnitude_peer(model, calib, n_params)
+    retraining_free.recover = False
+
     result = prune(*tiny, out=out, settings=settings(), domains=tiny_domains(), resume=True, progress=False,
-                   peers={"magnitude": magnitude_peer}, report=write_prune_report)
+                   peers={"magnitude": magnitude_peer, "frozen": retraining_free}, report=write_prune_report)
     assert seen == {"calib": (16, 32), "n_params": finished.stages["lhspg_pruned"]["params"]}
-    assert list(result.stages)[-2:] == ["magnitude_pruned", "magnitude_recovered"]
+    assert list(result.stages)[-3:] == ["magnitude_pruned", "magnitude_recovered", "frozen_pruned"]
     for stage in ("dense", "lhspg_pruned", "lhspg_recovered", "baseline_pruned", "baseline_recovered"):
         assert result.stages[stage] == finished.stages[stage]  # cached, not run again
     assert {k for k in result.seconds if k not in finished.seconds} == {
-        "magnitude pruning", "evaluate magnitude_pruned", "recovery magnitude", "evaluate magnitude_recovered"}
+        "magnitude pruning", "evaluate magnitude_pruned", "recovery magnitude", "evaluate magnitude_recovered",
+        "frozen pruning", "evaluate frozen_pruned"}
+    # equal compute: the baseline and every peer train on as many tokens as LHSPG and LoRAShear's recovery
+    s = settings()
+    per_step = s.batch_size * s.block_len
+    assert result.recovery["lhspg"]["tokens"] == s.recovery_steps * per_step
+    assert result.recovery["magnitude"]["tokens"] == result.recovery["baseline"]["tokens"] == (
+        s.recovery_steps + s.warmup_steps + s.n_periods * s.period_steps + s.final_steps) * per_step
     assert abs(result.stages["magnitude_pruned"]["params"] - seen["n_params"]) / seen["n_params"] < 0.02
     assert result.recovery["magnitude"]["weights_history"]
     assert "magnitude, after recovery" in (out / "report.html").read_text()
+
+
+def test_peer_budget_counts_lhspg_steps_or_not():
+    s = settings(recovery_steps=5, warmup_steps=1, n_periods=2, period_steps=3, final_steps=2)
+    assert s.lhspg_steps == 9 and s.peer_recovery_steps == 14
+    assert settings(recovery_steps=5, peer_budget="recovery").peer_recovery_steps == 5
+    assert settings(recovery_steps=0).peer_recovery_steps == 0
+    with pytest.raises(ShearGraphError, match="peer_budget must be tokens"):
+        settings(peer_budget="flops").check()
 
 
 def test_evaluation_only_domains_are_reported_and_never_trained_on(tiny, tmp_path):
