@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import shear_graph as sg
-from conftest import build, random_blocks
+from conftest import build, input_ids, logits, random_blocks, random_channels
 from shear_graph.moments import InputMoments
 from shear_graph.plan import max_removable, plan_adaptive, standardized_scores
 
@@ -161,3 +161,100 @@ def test_allocation_errors_are_one_line(llama):
     partial = sg.Saliency("magnitude", "", {"ffn.L0": s.scores["ffn.L0"]})
     with pytest.raises(sg.PlanError, match="no scores for group"):
         plan_adaptive(model, groups, partial, 0.1, kinds=KINDS)
+
+
+# -- bias compensation ----------------------------------------------------------------------------------------------
+
+def ffn_and_head_plan(model, groups, seed=0):
+    chans = {**random_channels(groups, "ffn", seed), **random_channels(groups, "attention_head", seed)}
+    return sg.PrunePlan.from_channels(model, groups, chans)
+
+
+def test_compensation_bias_equals_the_mean_of_the_removed_inputs_by_hand(llama):
+    model, groups = llama
+    plan = ffn_and_head_plan(model, groups)
+    blocks = random_blocks()
+    comp = sg.compensate_plan(model, plan, blocks, batch_size=4, progress=False)
+    x = layer0_inputs(model, blocks, 4)
+    layer = model.model.layers[0]
+    for gid, proj, key in (("ffn.L0", layer.mlp.down_proj, "down_proj"),
+                           ("attention_head.L0", layer.self_attn.o_proj, "o_proj")):
+        removal = next(r for r in plan.removals if r.group == gid)
+        cols = next(s["indices"] for s in removal.slices if s["param"].endswith(f"{key}.weight"))
+        hand = proj.weight.detach().double()[:, cols] @ x[key][:, cols].mean(0)
+        torch.testing.assert_close(comp.biases[f"model.layers.0.{'mlp' if key == 'down_proj' else 'self_attn'}.{key}"],
+                                   hand.float(), atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("name,lora", [("llama", False), ("llama", True), ("gpt2", False)])
+def test_compensated_apply_equals_compensated_mask(name, lora):
+    model = build(name, lora=lora)
+    groups = sg.find_groups(sg.trace(model))
+    plan = ffn_and_head_plan(model, groups, seed=1)
+    comp = sg.compensate_plan(model, plan, random_blocks(), progress=False)
+    ids = input_ids()
+    before = logits(model, ids)
+    pruned, masked = sg.apply_plan(model, plan, compensate=comp), sg.mask_plan(model, plan, compensate=comp)
+    lp = logits(pruned, ids)
+    torch.testing.assert_close(lp, logits(masked, ids), atol=1e-5, rtol=0)
+    assert not torch.allclose(lp, logits(sg.apply_plan(model, plan), ids), atol=1e-3), "the biases change the output"
+    assert torch.equal(logits(model, ids), before), "the input model must not change"
+    assert not model.training and getattr(model.config, "mlp_bias", False) is False
+
+
+def test_compensation_keeps_the_mean_output_of_the_pruned_layer(llama):
+    """Only layer 1's FFN loses channels: over the calibration tokens, its down_proj output keeps its mean exactly."""
+    model, groups = llama
+    plan = sg.PrunePlan.from_channels(model, groups, {"ffn.L1": list(range(0, 96, 3))})
+    blocks = random_blocks()
+    comp = sg.compensate_plan(model, plan, blocks, progress=False)
+
+    def mean_output(m):
+        outs = []
+        h = m.model.layers[1].mlp.down_proj.register_forward_hook(lambda mod, a, o: outs.append(o.detach()))
+        with torch.no_grad():
+            m(input_ids=blocks)
+        h.remove()
+        return outs[0].reshape(-1, outs[0].shape[-1]).double().mean(0)
+
+    target = mean_output(model)
+    torch.testing.assert_close(mean_output(sg.apply_plan(model, plan, compensate=comp)), target, atol=1e-5, rtol=0)
+    assert (mean_output(sg.apply_plan(model, plan)) - target).abs().max() > 1e-3
+
+
+def test_compensated_models_load_back_with_equal_logits(llama, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    model, groups = llama
+    blocks = random_blocks()
+    s = sg.compute_saliency(model, groups, "flap", blocks, progress=False)
+    uniform = sg.plan_by_saliency(model, groups, s, 0.3, kinds=KINDS)
+    pruned = sg.apply_plan(model, uniform, compensate=sg.compensate_plan(model, uniform, blocks, progress=False))
+    assert pruned.config.mlp_bias and pruned.config.attention_bias
+    sg.save_pruned(pruned, tmp_path / "uniform")
+    plain = AutoModelForCausalLM.from_pretrained(tmp_path / "uniform").eval()
+    torch.testing.assert_close(logits(plain, input_ids()), logits(pruned, input_ids()), atol=1e-5, rtol=0)
+    adaptive = sg.plan_by_saliency(model, groups, s, 0.3, kinds=KINDS, allocation="standardized")
+    pruned = sg.apply_plan(model, adaptive, compensate=sg.compensate_plan(model, adaptive, blocks, progress=False))
+    sg.save_pruned(pruned, tmp_path / "adaptive")
+    again = sg.load_pruned(tmp_path / "adaptive")
+    torch.testing.assert_close(logits(again, input_ids()), logits(pruned, input_ids()), atol=1e-5, rtol=0)
+
+
+def test_bad_compensation_input_is_one_line(llama):
+    model, groups = llama
+    plan = ffn_and_head_plan(model, groups)
+    for blocks in (None, torch.zeros(0, 8, dtype=torch.long), random_blocks().float(), random_blocks()[0]):
+        with pytest.raises(sg.ShearGraphError, match="needs calibration tokens") as e:
+            sg.compensate_plan(model, plan, blocks, progress=False)
+        assert "\n" not in str(e.value)
+    with pytest.raises(sg.ShearGraphError, match="takes the Compensation from sg.compensate_plan"):
+        sg.apply_plan(model, plan, compensate=random_blocks())
+    other = sg.compensate_plan(model, ffn_and_head_plan(model, groups, seed=5), random_blocks(), progress=False)
+    for fn in (sg.apply_plan, sg.mask_plan):
+        with pytest.raises(sg.PlanError, match="computed for another plan"):
+            fn(model, plan, compensate=other)
+    mistral = build("mistral")
+    mgroups = sg.find_groups(sg.trace(mistral))
+    with pytest.raises(sg.ShearGraphError, match="no config switch"):
+        sg.compensate_plan(mistral, ffn_and_head_plan(mistral, mgroups), random_blocks(), progress=False)
