@@ -13,12 +13,14 @@ __all__ = [
 ]
 from .checkpoint import load_pruned, save_pruned  # noqa: E402
 from .plan import (  # noqa: E402
-    GroupRemoval, PrunePlan, count_params, keep_layer_shares, plan_by_magnitude, plan_by_saliency,
+    GroupRemoval, PrunePlan, count_params, keep_layer_shares, plan_adaptive, plan_by_magnitude, plan_by_saliency,
 )
 from .prune import apply_plan, mask_plan  # noqa: E402
+from .compensate import Compensation, compensate_plan  # noqa: E402
 
-__all__ += ["PrunePlan", "GroupRemoval", "plan_by_magnitude", "plan_by_saliency", "keep_layer_shares", "count_params",
-            "apply_plan", "mask_plan", "save_pruned", "load_pruned"]
+__all__ += ["PrunePlan", "GroupRemoval", "plan_by_magnitude", "plan_by_saliency", "plan_adaptive", "keep_layer_shares",
+            "count_params",
+            "apply_plan", "mask_plan", "save_pruned", "load_pruned", "compensate_plan", "Compensation"]
 from .queries import groups_of_param, module_neighbors, module_nodes, path_between  # noqa: E402
 
 __all__ += ["module_nodes", "module_neighbors", "groups_of_param", "path_between"]

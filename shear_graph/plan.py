@@ -331,15 +331,21 @@ def keep_layer_shares(groups: list, layers) -> dict:
 MIN_SHARE = 1e-3  # a positive share below it would need an unbounded search; 0 leaves a group whole
 
 
+ALLOCATIONS = ("uniform", "global", "standardized")
+
+
 def plan_by_saliency(model: torch.nn.Module, groups: list, saliency, ratio: float, kinds=None,
-                     exclude=(), shares: dict | None = None) -> PrunePlan:
+                     exclude=(), shares: dict | None = None, allocation: str = "uniform") -> PrunePlan:
     """Remove ``ratio`` of the model's parameters, lowest-saliency channels first.
 
-    Every selected group loses the same fraction ``f`` of its channels, or
-    ``f * shares[group]`` with ``shares`` (rounded, at least one channel kept);
-    ``f`` is found by bisection so that the parameters removed reach ``ratio``
-    of :func:`count_params`. Within a group the channels with the lowest
-    ``saliency.scores`` go first.
+    With ``allocation="uniform"`` every selected group loses the same fraction
+    ``f`` of its channels, or ``f * shares[group]`` with ``shares`` (rounded,
+    at least one channel kept); ``f`` is found by bisection so that the
+    parameters removed reach ``ratio`` of :func:`count_params`. Within a group
+    the channels with the lowest ``saliency.scores`` go first.
+    ``"global"`` and ``"standardized"`` rank the channels of all groups
+    jointly instead (:func:`plan_adaptive`, FLAP's adaptive structure with and
+    without its standardization); they take no ``shares``.
 
     Parameters
     ----------
@@ -356,14 +362,24 @@ def plan_by_saliency(model: torch.nn.Module, groups: list, saliency, ratio: floa
     shares : dict, optional
         Group id -> relative share of its channels to remove (>= 0; 1 for a
         group not named), e.g. :meth:`~shear_graph.knowledge.KnowledgeMap.prune_shares`.
+    allocation : {"uniform", "global", "standardized"}
+        How the cut is spread over the groups (see above).
 
     Raises
     ------
     PlanError
         ``ratio`` outside [0, 1), ``kinds`` a bare string or not group kinds, a
-        share negative or not finite, or ``ratio`` not reachable with the kinds,
-        exclusions and shares given (the message gives the largest reachable ratio).
+        share negative or not finite, ``ratio`` not reachable with the kinds,
+        exclusions and shares given (the message gives the largest reachable
+        ratio), an unknown ``allocation``, or ``shares`` with a joint one.
     """
+    if allocation not in ALLOCATIONS:
+        raise PlanError(f"allocation must be one of {', '.join(ALLOCATIONS)}; got {allocation!r}")
+    if allocation != "uniform":
+        if shares:
+            raise PlanError(f"shares set each group's cut for the uniform allocation; allocation={allocation!r} "
+                            "ranks all groups jointly: give one or the other")
+        return plan_adaptive(model, groups, saliency, ratio, kinds, exclude, standardize=allocation == "standardized")
     check_ratio(ratio)
     kinds = kind_set(kinds)
     excluded = set(getattr(exclude, "unprunable_groups", exclude))
@@ -396,6 +412,117 @@ def plan_by_saliency(model: torch.nn.Module, groups: list, saliency, ratio: floa
         else:
             lo = mid
     return plan_at(hi)
+
+
+def standardized_scores(saliency, group, head_power: float = 2.0) -> np.ndarray:
+    """A group's channel scores on a common scale: FLAP's standardization.
+
+    The scores of the group (one module of one layer) are shifted to zero
+    mean and scaled to unit (Bessel) standard deviation; where the criterion
+    scored each index a channel owns (:attr:`Saliency.index_scores`, e.g. the
+    ``o_proj`` columns of a head group) the indices are standardized and each
+    channel takes the mean over its own, as FLAP does for heads (An et al.,
+    AAAI 2024; lib/prune.py, ``structure == "AL-AM"``). FLAP squares the
+    per-column scores of attention heads first: ``head_power`` (1 leaves them).
+
+    Returns
+    -------
+    np.ndarray
+        float64 [n_channels]; zeros when the group's scores do not vary.
+    """
+    x = saliency.index_scores.get(group.id)
+    if x is None:
+        x = saliency.scores[group.id][:, None]
+    elif group.kind == "attention_head":
+        x = x ** head_power
+    std = x.std(ddof=1) if x.size > 1 else 0.0
+    if not std > 0:
+        return np.zeros(group.n_channels)
+    return ((x - x.mean()) / std).mean(1)
+
+
+def plan_adaptive(model: torch.nn.Module, groups: list, saliency, ratio: float, kinds=None, exclude=(),
+                  standardize: bool = True, head_power: float = 2.0) -> PrunePlan:
+    """Remove ``ratio`` of the parameters, ranking every group's channels jointly.
+
+    FLAP's adaptive structure search "AL-AM" (An et al., AAAI 2024, Sec.
+    "Adaptive Structure Search"; lib/prune.py): each module's scores are
+    standardized per layer and kind (:func:`standardized_scores`), and the
+    channels with the lowest standardized scores in the whole model go first,
+    attention head groups and FFN channels alike, until the parameters removed
+    reach ``ratio`` of :func:`count_params` (the smallest such prefix; FLAP
+    weights each candidate by its parameters, 512/3 for a LLaMA head against
+    an FFN channel, which counting the parameters of the plan does exactly).
+    The widths per layer follow: a layer with flat scores loses more. Each
+    group keeps at least its best channel. FLAP's ratio is of the attention
+    and FFN parameters; here, as in :func:`plan_by_saliency`, it is of all.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+    groups : list of RemovalGroup
+    saliency : shear_graph.saliency.Saliency
+        E.g. ``compute_saliency(model, groups, "flap", blocks)``.
+    ratio : float
+        Fraction of total base parameters to remove, in [0, 1).
+    kinds : iterable of str, optional
+        Group kinds to prune (default: all); FLAP prunes
+        ``("attention_head", "ffn")``.
+    exclude : iterable of str or KnowledgeMap
+        Group ids to leave whole.
+    standardize : bool
+        False ranks the raw scores jointly ("global"), which only makes sense
+        for a criterion on one scale across modules.
+    head_power : float
+        Power of the per-index attention scores before standardizing (FLAP: 2).
+
+    Returns
+    -------
+    PrunePlan
+
+    Raises
+    ------
+    PlanError
+        ``ratio`` outside [0, 1), bad ``kinds``, a group without scores, or
+        ``ratio`` not reachable with the kinds and exclusions given.
+    """
+    check_ratio(ratio)
+    kinds = kind_set(kinds)
+    excluded = set(getattr(exclude, "unprunable_groups", exclude))
+    chosen = [g for g in groups if (kinds is None or g.kind in kinds) and g.id not in excluded]
+    missing = [g.id for g in chosen if g.id not in saliency.scores]
+    if missing:
+        raise PlanError(f"the saliency has no scores for group {missing[0]} ({len(missing)} in all); "
+                        "compute it on these groups: sg.compute_saliency(model, groups, ...)")
+    check_reachable(model, groups, ratio, kinds, exclude)
+    score, group_of, channel = [], [], []
+    for g in chosen:
+        s = standardized_scores(saliency, g, head_power) if standardize else np.asarray(saliency.scores[g.id], float)
+        movable = np.argsort(s, kind="stable")[:-1]  # the best channel of each group stays
+        score.append(s[movable])
+        group_of += [g.id] * len(movable)
+        channel.append(movable)
+    order = np.argsort(np.concatenate(score), kind="stable") if score else np.zeros(0, dtype=int)
+    group_of = np.asarray(group_of)[order]
+    channel = np.concatenate(channel)[order] if channel else channel
+    total = count_params(model)
+    allocation = "standardized" if standardize else "global"
+    method = f"{saliency.method}(ratio={ratio}, allocation={allocation})"
+
+    def plan_at(k: int) -> PrunePlan:
+        chans: dict = {}
+        for gid, c in zip(group_of[:k], channel[:k]):
+            chans.setdefault(gid, []).append(int(c))
+        return PrunePlan.from_channels(model, groups, chans, method=method)
+
+    lo, hi = 0, len(order)  # removed(plan_at(k)) grows with k; find the least k reaching the ratio
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if 1 - count_params(model, plan_at(mid).removed_indices()) / total >= ratio:
+            hi = mid
+        else:
+            lo = mid + 1
+    return plan_at(lo)
 
 
 def _check_shares(shares: dict, groups: list, chosen: list) -> dict:

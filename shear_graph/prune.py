@@ -7,6 +7,7 @@ import math
 import torch
 from torch import nn
 
+from .compensate import add_biases, check_compensation
 from .plan import PrunePlan
 from .rebuild import derive_attention, intermediate_key, sync_shape_attributes
 from .trace import base_model_of
@@ -28,19 +29,29 @@ def _check_plan_type(plan) -> None:
                         "sg.PrunePlan.load(path)")
 
 
-def mask_plan(model: nn.Module, plan: PrunePlan, inplace: bool = False) -> nn.Module:
+def mask_plan(model: nn.Module, plan: PrunePlan, inplace: bool = False, compensate=None) -> nn.Module:
     """A copy of ``model`` with every slice the plan removes set to zero.
 
     The masked model has the original shapes; for attention-head and FFN
-    groups its logits equal those of :func:`apply_plan` (the oracle).
+    groups its logits equal those of :func:`apply_plan` (the oracle), with
+    the same ``compensate`` biases added to both.
+
+    Parameters
+    ----------
+    compensate : Compensation, optional
+        From :func:`~shear_graph.compensate_plan` for this plan: add the mean
+        contribution of the removed channels to the output projections' biases.
 
     Raises
     ------
     PlanError
-        If the plan was made for a different model structure.
+        If the plan was made for a different model structure, or ``compensate`` for another plan.
+    ShearGraphError
+        ``compensate`` not a Compensation.
     """
     _check_plan_type(plan)
     plan.check_model(model)
+    check_compensation(compensate, plan)
     out = model if inplace else copy.deepcopy(model)
     params = dict(out.named_parameters(remove_duplicate=False))
     with torch.no_grad():
@@ -48,10 +59,12 @@ def mask_plan(model: nn.Module, plan: PrunePlan, inplace: bool = False) -> nn.Mo
             p = params[name]
             for d, idx in dims.items():
                 p.index_fill_(d, torch.tensor(idx, device=p.device), 0)
+    if compensate is not None:
+        add_biases(out, plan, compensate, pruned=False)
     return out
 
 
-def apply_plan(model: nn.Module, plan: PrunePlan, inplace: bool = False) -> nn.Module:
+def apply_plan(model: nn.Module, plan: PrunePlan, inplace: bool = False, compensate=None) -> nn.Module:
     """Physically remove the plan's channels: a new, smaller model.
 
     Parameters are sliced (tied parameters stay one tensor); RMSNorm weights
@@ -68,6 +81,12 @@ def apply_plan(model: nn.Module, plan: PrunePlan, inplace: bool = False) -> nn.M
         A transformers model, optionally peft-wrapped. Not modified unless
         ``inplace=True``.
     plan : PrunePlan
+    compensate : Compensation, optional
+        From :func:`~shear_graph.compensate_plan` for this plan: the removed
+        channels' mean contribution goes into the output projections' biases
+        (FLAP's bias compensation); config switches such as Llama's
+        ``mlp_bias`` / ``attention_bias`` are set, with zero biases where they
+        add others, so the model still loads with ``from_pretrained``.
 
     Returns
     -------
@@ -77,10 +96,13 @@ def apply_plan(model: nn.Module, plan: PrunePlan, inplace: bool = False) -> nn.M
     Raises
     ------
     PlanError
-        If the plan was made for a different model structure.
+        If the plan was made for a different model structure, or ``compensate`` for another plan.
+    ShearGraphError
+        ``compensate`` not a Compensation.
     """
     _check_plan_type(plan)
     plan.check_model(model)
+    check_compensation(compensate, plan)
     removed = plan.removed_indices()
     out = model if inplace else _copy_except(model, removed)
     named = dict(out.named_parameters(remove_duplicate=False))
@@ -104,6 +126,8 @@ def apply_plan(model: nn.Module, plan: PrunePlan, inplace: bool = False) -> nn.M
     attention = derive_config(base.config, plan, norm_eps)
     derive_attention(out, base.config, attention)
     base.config.shear_graph["scalar_buffers"] = _scalar_buffers(base)
+    if compensate is not None:
+        add_biases(out, plan, compensate, pruned=True)
     return out
 
 

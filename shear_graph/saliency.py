@@ -2,8 +2,13 @@
 
 A criterion maps a model (and, if it needs them, calibration batches) to an
 element-wise importance tensor per base parameter; a channel's saliency is the
-sum of those elements over the channel's slices (higher means keep). Add one
-with :func:`register_saliency`::
+sum of those elements over the channel's slices (higher means keep). A
+criterion that scores a parameter along one dim only (FLAP and Wanda-sp score
+the input columns of output projections, never the rows that feed a group)
+keys its tensor by ``(param, dim)``: it then counts for the slices along that
+dim alone, and the per-index scores are kept in :attr:`Saliency.index_scores`
+for allocations that standardize them (:func:`shear_graph.plan.plan_adaptive`).
+Add one with :func:`register_saliency`::
 
     @register_saliency("abs", needs_data=False)
     def abs_weight(ctx):
@@ -21,6 +26,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .errors import ShearGraphError
+from .moments import collect_input_moments, input_dim
 from .trace import fingerprint, is_adapter_param
 
 
@@ -91,8 +97,10 @@ def taylor(ctx: SaliencyContext) -> dict:
     return {n: (p.detach().float() * grads[n]).abs() for n, p in params.items()}
 
 
-@register_saliency("activation", source="Wanda (Sun et al. 2023) Eq. 1, structured as Wanda-sp: |W_ij| * ||X_j||_2, "
-                                        "X_j the j-th input feature over the calibration tokens")
+@register_saliency("activation", source="Wanda (Sun et al. 2023) Eq. 1 per element, |W_ij| * ||X_j||_2 (X_j the "
+                                        "j-th input feature over the calibration tokens), summed over every slice of "
+                                        "the group (rows that feed it and columns it feeds); FLAP's Wanda-sp, which "
+                                        "scores the output projection's columns only, is 'wanda_sp'")
 def activation(ctx: SaliencyContext) -> dict:
     by_id = {id(p): n for n, p in ctx.params.items()}
     sq_norms: dict = {}
@@ -125,6 +133,64 @@ def activation(ctx: SaliencyContext) -> dict:
     return out
 
 
+def _input_columns(ctx: SaliencyContext, desc: str, column_score) -> dict:
+    """``{(param, input dim): column_score(|weight| tensor, moments)}`` for every
+    linear layer whose weight is a scored parameter; the element scores count
+    only for the slices along the layer's input features."""
+    by_id = {id(p): n for n, p in ctx.params.items()}
+    modules, dims = {}, {}
+    for module in ctx.model.modules():
+        w = getattr(module, "weight", None)
+        d = input_dim(module)
+        if w is None or d is None or id(w) not in by_id or w.dim() != 2:
+            continue
+        modules[by_id[id(w)]], dims[by_id[id(w)]] = module, d
+    moments = collect_input_moments(ctx.model, modules, ctx.batches, ctx.show, f"saliency: {desc}")
+    out = {}
+    for name, m in moments.items():
+        w = ctx.params[name].detach().float()
+        shape = [1, 1]
+        shape[dims[name]] = -1
+        out[(name, dims[name])] = column_score(w, m, shape)
+    return out
+
+
+@register_saliency("flap", source="FLAP (An et al., AAAI 2024, arXiv 2312.11983), fluctuation metric WIFV: "
+                                  "S_j = Var_t(X_j) * ||W[:, j]||_2^2 over the input columns j of the output "
+                                  "projection (down_proj for an FFN channel, o_proj summed over a head group's "
+                                  "columns)")
+def flap(ctx: SaliencyContext) -> dict:
+    """FLAP's weighted input feature variance (WIFV).
+
+    For every input feature ``j`` of a linear layer ``W`` [out, in]:
+    ``S_j = 1/(N-1) sum_t (X_tj - mean_t X_tj)^2 * sum_i W_ij^2``, the
+    fluctuation of ``X_j`` over the N calibration tokens weighted by the
+    squared norm of the column it multiplies: the error of replacing ``X_j``
+    by its mean (which bias compensation adds back). Only input columns are
+    scored, so an FFN channel's saliency is its ``down_proj`` column's and a
+    head group's the sum over its ``o_proj`` columns (FLAP, lib/prune.py,
+    ``metrics['WIFV']``). The variance is the exact sample variance (FLAP's
+    streaming update skips the first sample's spread).
+    """
+    return _input_columns(ctx, "flap", lambda w, m, shape: w.pow(2) * m.var.reshape(shape))
+
+
+@register_saliency("wanda_sp", source="Wanda-sp as FLAP (An et al., AAAI 2024) builds its structured Wanda baseline "
+                                      "(lib/prune.py, prune_wanda_sp): sum_i |W_ij| * ||X_j||_2 over the output "
+                                      "projection's input columns j")
+def wanda_sp(ctx: SaliencyContext) -> dict:
+    """Wanda (Sun et al. 2023, Eq. 1) made structured as in FLAP's baseline.
+
+    ``S_j = sum_i |W_ij| * ||X_j||_2`` over the input columns of the output
+    projections only (``down_proj`` for FFN channels, ``o_proj`` summed over
+    a head group's columns); FLAP takes the mean over ``i``, a constant factor
+    for layers of one output width. The ``activation`` criterion differs: it
+    also adds the rows of ``gate_proj``/``up_proj`` (``q/k/v_proj``) that feed
+    the channel, scored with their own inputs.
+    """
+    return _input_columns(ctx, "wanda_sp", lambda w, m, shape: w.abs() * m.sq_norm.sqrt().reshape(shape))
+
+
 @register_saliency("lora", needs_data=False, source="LoRAShear (Chen et al. 2023) Sec. 3.3 / OTO: the LoRA update "
                                                     "scaling * B A stands in for the gradient: |W * (s B A)|")
 def lora(ctx: SaliencyContext) -> dict:
@@ -147,22 +213,31 @@ def lora(ctx: SaliencyContext) -> dict:
 
 @dataclass
 class Saliency:
-    """Saliency per channel: ``scores[group id]`` is a float64 array [n_channels]."""
+    """Saliency per channel: ``scores[group id]`` is a float64 array [n_channels].
+
+    ``index_scores[group id]``, for criteria that score one dim of a parameter
+    (``flap``, ``wanda_sp``), is a float64 array [n_channels, width]: the score
+    of each index a channel owns along those dims (a head group's ``o_proj``
+    columns); its row sums are ``scores``.
+    """
 
     method: str
     fingerprint: str
     scores: dict
     n_calib_tokens: int = 0
     split: dict = field(default_factory=dict)
+    index_scores: dict = field(default_factory=dict)
 
     def to_json(self) -> str:
         return json.dumps({"method": self.method, "fingerprint": self.fingerprint, "n_calib_tokens": self.n_calib_tokens,
-                           "split": self.split, "scores": {k: v.tolist() for k, v in self.scores.items()}})
+                           "split": self.split, "scores": {k: v.tolist() for k, v in self.scores.items()},
+                           "index_scores": {k: v.tolist() for k, v in self.index_scores.items()}})
 
     @classmethod
     def from_json(cls, text: str) -> "Saliency":
         d = json.loads(text)
         d["scores"] = {k: np.asarray(v, dtype=np.float64) for k, v in d["scores"].items()}
+        d["index_scores"] = {k: np.asarray(v, dtype=np.float64) for k, v in d.get("index_scores", {}).items()}
         return cls(**d)
 
 
@@ -177,7 +252,8 @@ def compute_saliency(model: nn.Module, groups: list, method: str = "taylor", blo
         changed (gradients and ``requires_grad`` are restored).
     groups : list of RemovalGroup
     method : str
-        A key of :data:`SALIENCY`: ``magnitude``, ``taylor``, ``activation``, ``lora``.
+        A key of :data:`SALIENCY`: ``magnitude``, ``taylor``, ``activation``, ``lora``,
+        ``flap``, ``wanda_sp``.
     blocks : torch.Tensor, optional
         Calibration tokens, int64 [n_blocks, block_len]; needed unless the
         criterion says otherwise.
@@ -220,15 +296,22 @@ def compute_saliency(model: nn.Module, groups: list, method: str = "taylor", blo
         elem = crit.fn(SaliencyContext(model, params, batches, progress))
     finally:
         model.train(was_training)
-    scores = {}
+    scores, index_scores = {}, {}
     for g in groups:
         total = np.zeros(g.n_channels)
+        columns = []
         for s in g.slices:
-            if s.param not in elem:
+            one_dim = (s.param, s.dim) in elem
+            e = elem[(s.param, s.dim)] if one_dim else elem.get(s.param)
+            if e is None:
                 continue
-            e = elem[s.param]
             per_index = e.sum(dim=[d for d in range(e.dim()) if d != s.dim]) if e.dim() > 1 else e
-            total += per_index.double().cpu().numpy()[s.indices].sum(1)
+            per_channel = per_index.double().cpu().numpy()[s.indices]
+            total += per_channel.sum(1)
+            if one_dim:
+                columns.append(per_channel)
         scores[g.id] = total
+        if columns:
+            index_scores[g.id] = np.concatenate(columns, axis=1)
     n_tokens = int(blocks.numel()) if blocks is not None and crit.needs_data else 0
-    return Saliency(method, fingerprint(model), scores, n_tokens, split or {})
+    return Saliency(method, fingerprint(model), scores, n_tokens, split or {}, index_scores)
