@@ -675,8 +675,13 @@ def prune(model: nn.Module | None = None, tokenizer=None, *, out, settings: Prun
         stages.pop(f"{name}_pruned", None)
         peer = timed(f"{name} pruning", lambda: fn(copy.deepcopy(model), calib, count_params(pruned)))
         stage_eval(f"{name}_pruned", peer, with_tasks=not recovering)
+        if keep_work:  # the stage models, for measurements made after the run (benchmarks/quality.py)
+            work.put_model(f"{name}_pruned", peer)
         if recovering:
-            stage_eval(f"{name}_recovered", run_recovery(name, peer))
+            peer = run_recovery(name, peer)
+            stage_eval(f"{name}_recovered", peer)
+            if keep_work:
+                work.put_model(f"{name}_recovered", peer)
 
     result = PruneResult(out, recorded, stages, json.loads(km.to_json()), work.json("lhspg") or {},
                          recovery, seconds, split, notes)
