@@ -165,8 +165,8 @@ def test_allocation_errors_are_one_line(llama):
 
 # -- bias compensation ----------------------------------------------------------------------------------------------
 
-def ffn_and_head_plan(model, groups, seed=0):
-    chans = {**random_channels(groups, "ffn", seed), **random_channels(groups, "attention_head", seed)}
+def ffn_and_head_plan(model, groups, seed=0, kinds=("ffn", "attention_head")):
+    chans = {gid: c for kind in kinds for gid, c in random_channels(groups, kind, seed).items()}
     return sg.PrunePlan.from_channels(model, groups, chans)
 
 
@@ -186,12 +186,15 @@ def test_compensation_bias_equals_the_mean_of_the_removed_inputs_by_hand(llama):
                                    hand.float(), atol=1e-5, rtol=1e-4)
 
 
-@pytest.mark.parametrize("name,lora", [("llama", False), ("llama", True), ("gpt2", False)])
-def test_compensated_apply_equals_compensated_mask(name, lora):
+@pytest.mark.parametrize("name,lora,hidden", [("llama", False, False), ("llama", True, False), ("gpt2", False, False),
+                                              ("llama", False, True)])
+def test_compensated_apply_equals_compensated_mask(name, lora, hidden):
+    """With hidden channels removed too, the new biases lose the rows of the removed hidden channels."""
     model = build(name, lora=lora)
     groups = sg.find_groups(sg.trace(model))
-    plan = ffn_and_head_plan(model, groups, seed=1)
+    plan = ffn_and_head_plan(model, groups, seed=1, kinds=("ffn", "attention_head") + (("hidden",) if hidden else ()))
     comp = sg.compensate_plan(model, plan, random_blocks(), progress=False)
+    assert comp.skipped == (["hidden"] if hidden else [])
     ids = input_ids()
     before = logits(model, ids)
     pruned, masked = sg.apply_plan(model, plan, compensate=comp), sg.mask_plan(model, plan, compensate=comp)
