@@ -1,6 +1,7 @@
 """Tiny seeded configs of real transformers classes, one per supported family."""
 from __future__ import annotations
 
+import os
 import sysconfig
 from pathlib import Path
 
@@ -147,3 +148,17 @@ def trained():
         model(input_ids=ids, labels=ids).loss.backward()
         opt.step()
     return model.eval()
+
+
+@pytest.fixture
+def svg_renderer():
+    """Skip a test that needs diagrams drawn when no graphviz renderer is
+    installed; where SHEAR_GRAPH_REQUIRE_SVG=1 (CI) fail instead, so a green CI
+    proves the diagram tests ran."""
+    from viz.diagram import INSTALL_HINT, can_render
+
+    if not can_render():
+        message = f"no graphviz renderer to draw diagrams ({INSTALL_HINT})"
+        if os.environ.get("SHEAR_GRAPH_REQUIRE_SVG") == "1":
+            pytest.fail(message + "; SHEAR_GRAPH_REQUIRE_SVG=1 asks for one")
+        pytest.skip(message)

@@ -2,6 +2,7 @@
 and a missing graphviz binary degrades to DOT source."""
 import json
 import re
+import sys
 
 import graphviz
 import pytest
@@ -28,7 +29,7 @@ def highlighted(dot: str) -> set:
 
 
 @pytest.mark.parametrize("gid", ["attention_head.L1", "ffn.L0", "hidden"])
-def test_diagram_highlights_exactly_the_group_modules(analysed, gid):
+def test_diagram_highlights_exactly_the_group_modules(analysed, gid, svg_renderer):
     graph, groups, _, _ = analysed
     g = next(g for g in groups if g.id == gid)
     d = group_diagram(graph, g)
@@ -51,19 +52,35 @@ def test_overview_marks_unprunable_layers(analysed):
         assert ("color=red" in node) == (i in fixed_layers)
 
 
-def test_without_dot_binary_the_source_is_saved(analysed, tmp_path, monkeypatch, capsys):
-    graph, groups, _, _ = analysed
+def _no_dot_binary(*args, **kwargs):
+    raise graphviz.ExecutableNotFound(("dot",))
 
-    def missing(*args, **kwargs):
-        raise graphviz.ExecutableNotFound(("dot",))
 
-    monkeypatch.setattr(graphviz.Source, "pipe", missing)
+def test_without_any_renderer_the_source_is_saved(analysed, tmp_path, monkeypatch, capsys):
+    graph, groups, sal, km = analysed
+    monkeypatch.setattr(graphviz.Source, "pipe", _no_dot_binary)
+    monkeypatch.setitem(sys.modules, "pygraphviz", None)  # import raises ImportError
     d = group_diagram(graph, groups[0])
     saved = d.save(tmp_path / "g")
     assert saved.suffix == ".dot" and saved.read_text() == d.source
-    assert "graphviz 'dot' not found" in capsys.readouterr().err
-    assert d._repr_svg_() is None and "apt install graphviz" in d._repr_html_()
-    knowledge_heatmap(analysed[3]).to_html()  # plotly views unaffected
+    assert "graphviz 'dot' not found (pip install pygraphviz" in capsys.readouterr().err
+    assert d._repr_svg_() is None and "pip install pygraphviz" in d._repr_html_()
+    knowledge_heatmap(km).to_html()  # plotly views unaffected
+    page = analysis_report(model_name="tiny", graph=graph, groups=groups, saliency=sal, km=km, params={}, timings={})
+    assert page.count("DOT source of") == 1 + len({g.kind for g in groups})  # overview + one per kind
+    assert "digraph" in page and 'class="node"' not in page
+
+
+def test_without_dot_binary_pygraphviz_draws_the_same_graph(analysed, monkeypatch):
+    pytest.importorskip("pygraphviz")
+    graph, groups, _, _ = analysed
+    monkeypatch.setattr(graphviz.Source, "pipe", _no_dot_binary)
+    d = group_diagram(graph, next(g for g in groups if g.id == "ffn.L0"))
+    svg = d.svg()
+    assert svg is not None
+    titles = set(re.findall(r"<title>([^<]+)</title>", svg))
+    assert highlighted(d.source) <= titles  # every highlighted module is a drawn node
+    assert svg.count('<g id="node') == len(set(re.findall(r'^\s*"([^"]+)" \[', d.source, flags=re.M)))
 
 
 def test_heatmap_cells_and_hover(analysed):
@@ -76,7 +93,7 @@ def test_heatmap_cells_and_hover(analysed):
         assert z == pytest.approx(c.loss_delta) and (mark == "✕") == c.unprunable
 
 
-def test_report_carries_the_figures_data(analysed):
+def test_report_carries_the_figures_data(analysed, svg_renderer):
     graph, groups, sal, km = analysed
     page = analysis_report(model_name="tiny", graph=graph, groups=groups, saliency=sal, km=km, params={}, timings={"x": 1})
     data = json.loads(re.search(r'id="shear-graph-data">(.*?)</script>', page, flags=re.S).group(1)

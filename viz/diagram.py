@@ -11,6 +11,42 @@ import graphviz
 
 _LAYER_PREFIX = re.compile(r"^(.*?\.\d+)(?:\.|$)")
 HIGHLIGHT = "#ffcc66"
+INSTALL_HINT = "pip install pygraphviz, whose wheels carry graphviz; or apt install graphviz / brew install graphviz"
+
+
+def render_svg(source: str) -> str | None:
+    """Lay out DOT source with graphviz's ``dot`` and return the SVG.
+
+    Graphviz's ``dot`` binary is used when it is on the PATH; otherwise
+    pygraphviz, whose wheels (Linux x86_64/aarch64 with glibc 2.28+, macOS
+    arm64, Windows x64) carry the graphviz libraries, so ``pip install`` alone
+    draws diagrams. Both give the same nodes, edges and labels; the layout may
+    differ by a few points between graphviz versions.
+
+    Parameters
+    ----------
+    source : str
+        A graph in the DOT language.
+
+    Returns
+    -------
+    str or None
+        The SVG document, or None when neither renderer is installed.
+    """
+    try:
+        return graphviz.Source(source).pipe(format="svg").decode()
+    except graphviz.ExecutableNotFound:
+        pass
+    try:
+        import pygraphviz
+    except ImportError:
+        return None
+    return pygraphviz.AGraph(string=source).draw(format="svg", prog="dot").decode()
+
+
+def can_render() -> bool:
+    """True when :func:`render_svg` has a renderer (the ``dot`` binary or pygraphviz)."""
+    return render_svg("digraph{}") is not None
 
 
 @dataclass
@@ -21,11 +57,9 @@ class Diagram:
     name: str
 
     def svg(self) -> str | None:
-        """The rendered SVG, or None when graphviz's ``dot`` binary is missing."""
-        try:
-            return graphviz.Source(self.source).pipe(format="svg").decode()
-        except graphviz.ExecutableNotFound:
-            return None
+        """The rendered SVG, or None when no graphviz renderer is installed
+        (see :func:`render_svg`)."""
+        return render_svg(self.source)
 
     def _repr_svg_(self):
         return self.svg()
@@ -33,7 +67,7 @@ class Diagram:
     def _repr_html_(self):
         if self.svg() is not None:
             return None
-        return ("<p>graphviz's <code>dot</code> is not installed (apt install graphviz); the DOT source:</p>"
+        return (f"<p>no graphviz renderer ({INSTALL_HINT}); the DOT source:</p>"
                 f"<pre>{html.escape(self.source)}</pre>")
 
     def save(self, path) -> Path:
@@ -45,8 +79,7 @@ class Diagram:
         dot_path.write_text(self.source)
         svg = self.svg()
         if svg is None:
-            print(f"graphviz 'dot' not found (install it: apt install graphviz / brew install graphviz); "
-                  f"DOT source saved to {dot_path}", file=sys.stderr)
+            print(f"graphviz 'dot' not found ({INSTALL_HINT}); DOT source saved to {dot_path}", file=sys.stderr)
             return dot_path
         svg_path = path.with_suffix(".svg")
         svg_path.write_text(svg)

@@ -5,7 +5,7 @@ import html
 import json
 from pathlib import Path
 
-from .diagram import Diagram, group_diagram, model_overview
+from .diagram import INSTALL_HINT, Diagram, group_diagram, model_overview
 from .plots import knowledge_heatmap, saliency_histogram, saliency_profile
 
 
@@ -19,7 +19,7 @@ def _table(rows: list, header: list) -> str:
 def _diagram_html(d: Diagram) -> str:
     svg = d.svg()
     if svg is None:
-        return (f"<p>graphviz <code>dot</code> not installed: DOT source of {html.escape(d.name)}</p>"
+        return (f"<p>no graphviz renderer ({INSTALL_HINT}): DOT source of {html.escape(d.name)}</p>"
                 f"<pre>{html.escape(d.source)}</pre>")
     return svg[svg.index("<svg"):]
 
