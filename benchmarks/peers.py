@@ -31,6 +31,7 @@ restored before the model is used. shear-graph needs no such workaround.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import math
 import os
@@ -580,10 +581,12 @@ def write_report() -> Path:
         The written ``RESULTS.md`` (written atomically).
     """
     parts = {p.stem: json.loads(p.read_text()) for p in sorted(RESULTS.glob("*.json"))}
-    quality = {n: q for n, q in parts.items() if n.startswith("quality_") and not q.get("smoke")}
+    # a quality run is any file with a dense stage (peers.py quality, quality.py run, ...)
+    quality = {n: q for n, q in parts.items() if "dense" in (q.get("stages") or {}) and "ratio" in q
+               and not q.get("smoke")}
     speed = {n: s for n, s in parts.items() if n.startswith("speed_")}
     known = {"graph", "widths", "gpu_check", *quality, *speed}
-    extra = {n: p for n, p in parts.items() if n not in known and not n.endswith("_smoke")}
+    extra = {n: p for n, p in parts.items() if n not in known and not n.endswith("_smoke") and not p.get("smoke")}
     by_question = {q: [(n, p) for n, p in extra.items() if p.get("question", "other") == q] for q in QUESTIONS}
     by_question["other"] += [(n, p) for n, p in extra.items() if p.get("question", "other") not in QUESTIONS]
     best = {ratio: _best_by_method(quality, ratio) for ratio in sorted({q["ratio"] for q in quality.values()})}
@@ -649,6 +652,14 @@ def _geomean_ratio(row: dict, dense: dict) -> float:
 def _command(name: str, q: dict) -> str:
     if q.get("command"):
         return q["command"]
+    if name.startswith("brown_"):  # a run of benchmarks/quality.py: its flags are its settings off the defaults
+        spec = importlib.util.spec_from_file_location("quality", Path(__file__).resolve().parent / "quality.py")
+        script = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(script)
+        settings = q.get("settings", {})
+        flags = "".join(f" --{k.replace('_', '-')} {_text(settings[k])}" for k, default in script.LORASHEAR.items()
+                        if k in settings and not _same(settings[k], default))
+        return f".venv/bin/python benchmarks/quality.py run {q['ratio']}{flags}"
     flags = _flags(q.get("general_text", False), q.get("settings"), q.get("smoke", False), q.get("self_text", False))
     return QUALITY_COMMAND.format(ratio=q["ratio"], flags=flags)
 
@@ -663,12 +674,21 @@ def _configuration(method: str, q: dict) -> str:
     return f"trained on {trained}" + (f"; {variant}" if variant else "")
 
 
+def _protocol(q: dict) -> tuple:
+    """What makes two runs comparable: the same training and evaluation domains."""
+    trained = q.get("training_domains") or ["python_docs", "python_code"]
+    return tuple(sorted(trained)), tuple(sorted(q["stages"]["dense"].get("perplexity", {})))
+
+
 def _best_by_method(quality: dict, ratio: float) -> dict:
-    """method -> (run name, stage) of its best row at ``ratio``: after recovery where the method was recovered,
-    lowest geometric-mean perplexity relative to its own run's dense model."""
+    """method -> (run name, stage) of its best row at ``ratio`` among the runs of the current protocol (the
+    training and evaluation domains of the latest run): after recovery where the method was recovered, lowest
+    geometric-mean perplexity relative to its own run's dense model."""
+    runs = {n: q for n, q in quality.items() if q["ratio"] == ratio}
+    latest = max(runs, key=lambda n: (runs[n]["date"], len(_protocol(runs[n])[1]), n))
     best = {}
-    for name, q in quality.items():
-        if q["ratio"] != ratio:
+    for name, q in runs.items():
+        if _protocol(q) != _protocol(runs[latest]):
             continue
         dense = q["stages"]["dense"]
         for stage, row in q["stages"].items():
@@ -717,15 +737,17 @@ def _quality_section(ratio: float, best: dict, quality: dict) -> list:
     machines = sorted({_machine(quality[n]) for n in runs})
     lines = [f"### {ratio:.0%} of the parameters removed", "",
              f"Each method's best configuration at {ratio:.0%} (lowest perplexity after recovery, as a geometric mean "
-             "over the evaluation domains relative to its own run's dense model). Every run: the same held-out "
-             f"evaluation blocks ({s['n_eval']} x {s['block_len']} tokens per domain, never trained on), the first "
-             f"{s['eval_limit']} items of each zero-shot task, the same recovery for every method "
-             f"({s['recovery_steps']} steps of {s['batch_size']} x {s['block_len']} tokens, LoRA r={s['lora_rank']}). "
+             "over the evaluation domains relative to its own run's dense model), among the runs trained on "
+             f"{', '.join(_protocol(first)[0])}; runs on other text are in the last table. Every run: the same held-out "
+             f"evaluation blocks ({s.get('n_eval')} x {s.get('block_len')} tokens per domain, never trained on), the "
+             f"first {s.get('eval_limit')} items of each zero-shot task, the same recovery for every method "
+             f"({s.get('recovery_steps')} steps of {s.get('batch_size')} x {s.get('block_len')} tokens, LoRA "
+             f"r={s.get('lora_rank')}). "
              "Perplexity, with the multiple of dense in brackets. Machine: " + "; ".join(machines) + ".", ""]
     dense = first["stages"]["dense"]
     rows = [["dense (not pruned)", "", f"{dense['params'] / 1e6:.1f}",
              *[f"{dense['perplexity'][d]:.2f}" if d in dense["perplexity"] else "-" for d in domains],
-             _zero_shot(dense), f"`{_command(ref, first)}`"]]
+             _zero_shot(dense, first, "dense"), f"`{_command(ref, first)}`"]]
     for method, (name, stage) in best.items():
         q = quality[name]
         row, own_dense = q["stages"][stage], q["stages"]["dense"]
@@ -733,13 +755,16 @@ def _quality_section(ratio: float, best: dict, quality: dict) -> list:
                if d in row["perplexity"] else "-" for d in domains]
         when = "" if stage.endswith("_recovered") else " (not recovered)"
         rows.append([_label(method) + when, _configuration(method, q), f"{row['params'] / 1e6:.1f}", *ppl,
-                     _zero_shot(row), f"`{_command(name, q)}`"])
+                     _zero_shot(row, q, stage), f"`{_command(name, q)}`"])
     return lines + _table(["method", "configuration", "params (M)", *[f"ppl {d}" for d in domains],
                            "zero-shot avg", "command"], rows)
 
 
-def _zero_shot(row: dict) -> str:
-    return f"{row['zero_shot_average']:.3f}" if row.get("zero_shot_average") is not None else "-"
+def _zero_shot(row: dict, q: dict | None = None, stage: str = "") -> str:
+    """A stage's zero-shot average: in its row, or from a zero-shot pass run afterwards (``q["zero_shot"]``)."""
+    later = ((q or {}).get("zero_shot") or {}).get(stage) or {}
+    value = row.get("zero_shot_average", later.get("average"))
+    return f"{value:.3f}" if value is not None else "-"
 
 
 def _speed_section(best: dict, quality: dict, speed: dict, widths: dict | None, extra: list) -> list:
@@ -849,7 +874,7 @@ def _history_section(quality: dict) -> list:
                  if m not in ("lhspg", "baseline", "dense_reference")}
         top = min(peers, key=lambda m: _geomean_ratio(peers[m], dense)) if peers else None
         rows.append([q["date"], f"{q['ratio']:.0%}", _configuration("lhspg", q),
-                     f"{_geomean_ratio(ours, dense):.2f}x" if ours else "-", _zero_shot(ours or {}),
+                     f"{_geomean_ratio(ours, dense):.2f}x" if ours else "-", _zero_shot(ours or {}, q, "lhspg_recovered"),
                      f"{_label(top).split(' (')[0]}: {_geomean_ratio(peers[top], dense):.2f}x" if top else "-",
                      f"`{_command(name, q)}`"])
     return ["## Every quality configuration tried", "",

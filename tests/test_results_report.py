@@ -58,3 +58,22 @@ def test_each_method_shows_its_best_run_and_every_run_is_in_the_history(peers):
 def test_without_results_the_page_still_renders(peers):
     page = peers.write_report().read_text()
     assert page.startswith("# Benchmarks") and "## Every quality configuration tried" in page
+
+
+def test_runs_of_another_script_and_text_render_and_only_the_latest_text_competes(peers):
+    _quality(peers, "quality_0.2", {"lhspg_recovered": _stage(80e6, 11.0)})  # older text: history only
+    dense = _stage(100e6, 10.0, zs=None)
+    del dense["zero_shot_average"]
+    (peers.RESULTS / "brown_0.2.json").write_text(json.dumps({
+        "date": "2026-12-08", "environment": {"machine": "test box"}, "ratio": 0.2, "methods": ["wanda_sp"],
+        "settings": {"n_eval": 16, "block_len": 128, "kinds": ["ffn"]}, "training_domains": {"brown_news": "npm"},
+        "stages": {"dense": dense, "lhspg_recovered": {k: v for k, v in _stage(80e6, 14.0).items()
+                                                       if k != "zero_shot_average"},
+                   "wanda_sp_recovered": _stage(80e6, 15.0)},
+        "zero_shot": {"lhspg_recovered": {"average": 0.477}}}))
+    page = peers.write_report().read_text()
+    quality = page.split("### 20% of the parameters removed")[1].split("\n## ")[0]
+    assert "14.00 (1.40x)" in quality and "11.00" not in quality and "| wanda sp |" in quality
+    assert "0.477" in quality  # the zero-shot pass run after the quality run
+    assert "benchmarks/quality.py run 0.2 --kinds ffn`" in quality
+    assert "11.00 (1.10x)" not in page and "1.10x" in page.split("## Every quality configuration tried")[1]
