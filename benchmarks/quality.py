@@ -92,6 +92,10 @@ def part_run(ratio: float, methods: list, lorashear: dict) -> dict:
     model, tok = load_default_model()
     domains = sg.default_domains()
     out = HERE / "work" / run_name(ratio, lorashear)
+    analysed = out / ".work" / "knowledge.json"
+    if analysed.is_file():  # a resumed run keeps the evaluation texts it started with (dict-devil installed since)
+        split = json.loads(analysed.read_text()).get("split", {}).get("domains", {})
+        eval_domains = [d for d in eval_domains if d.name in split]
     result = sg.prune(model, tok, out=out, settings=settings, resume=out.exists(),
                       peers={m: known[m] for m in methods}, domains=domains, eval_domains=eval_domains,
                       report=write_prune_report, keep_work=True)
@@ -111,21 +115,36 @@ def part_run(ratio: float, methods: list, lorashear: dict) -> dict:
 
 def part_zeroshot(ratio: float, lorashear: dict, limit: int) -> dict:
     """The four zero-shot tasks (first ``limit`` items each) on the dense model and
-    every final model of a finished run: results per model, with standard errors."""
+    every final model of a finished run: results per model, with standard errors;
+    and the perplexity of every evaluation text the run itself did not have (the
+    Devil's Dictionary where dict-devil was installed after it started), on the
+    blocks the run would have drawn."""
+    import math
+
     import shear_graph as sg
     from shear_graph.default_model import load_default_model
+    from shear_graph.pipeline import out_of_domain_text
 
     work = HERE / "work" / run_name(ratio, lorashear) / ".work"
     finals = {p.name: p for p in sorted(work.glob("*_recovered"))}
     finals.update({p.name: p for p in sorted(work.glob("*_pruned")) if p.name.startswith("flap")})
     dense, tok = load_default_model()
+    settings = json.loads((work / "settings.json").read_text())
+    had = json.loads((work / "knowledge.json").read_text())["split"]["domains"]
+    extra = {}
+    for d in [out_of_domain_text()]:
+        if d is not None and d.name not in had:
+            extra[d.name] = sg.make_blocks(tok, [d], settings["block_len"], settings["n_eval"], 1,
+                                           settings["seed"]).eval[d.name]
     scores = {}
     for name, path in [("dense", None), *finals.items()]:
         model = dense if path is None else sg.load_pruned(path)
         report = sg.evaluate(model, tok, ZERO_SHOT, limit=limit, seq_len=128, batch_size=16)
         rows = {r.task: {"metric": r.metric, "value": r.value, "n": r.n, "stderr": r.stderr} for r in report.results}
-        scores[name] = {"tasks": rows, "average": sum(r["value"] for r in rows.values()) / len(rows)}
-        print(name, round(scores[name]["average"], 4), flush=True)
+        scores[name] = {"tasks": rows, "average": sum(r["value"] for r in rows.values()) / len(rows),
+                        "perplexity": {d: math.exp(sg.held_out_loss(model, b, batch_size=settings["batch_size"]))
+                                       for d, b in extra.items()}}
+        print(name, round(scores[name]["average"], 4), scores[name]["perplexity"], flush=True)
     return {"limit": limit, "zero_shot": scores}
 
 
