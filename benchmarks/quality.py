@@ -113,12 +113,13 @@ def part_run(ratio: float, methods: list, lorashear: dict) -> dict:
             "eval_domains": {d.name: d.source[:200] for d in eval_domains}, "report": str(out / "report.html")}
 
 
-def part_zeroshot(ratio: float, lorashear: dict, limit: int) -> dict:
+def part_zeroshot(ratio: float, lorashear: dict, limit: int, save) -> dict:
     """The four zero-shot tasks (first ``limit`` items each) on the dense model and
     every final model of a finished run: results per model, with standard errors;
     and the perplexity of every evaluation text the run itself did not have (the
     Devil's Dictionary where dict-devil was installed after it started), on the
-    blocks the run would have drawn."""
+    blocks the run would have drawn. ``save(part)`` is called after each model, so
+    a pass stopped early keeps the models it scored (dense and LoRAShear first)."""
     import math
 
     import shear_graph as sg
@@ -126,7 +127,8 @@ def part_zeroshot(ratio: float, lorashear: dict, limit: int) -> dict:
     from shear_graph.pipeline import out_of_domain_text
 
     work = HERE / "work" / run_name(ratio, lorashear) / ".work"
-    finals = {p.name: p for p in sorted(work.glob("*_recovered"))}
+    finals = {"lhspg_recovered": work / "lhspg_recovered"}
+    finals.update({p.name: p for p in sorted(work.glob("*_recovered"))})
     finals.update({p.name: p for p in sorted(work.glob("*_pruned")) if p.name.startswith("flap")})
     dense, tok = load_default_model()
     settings = json.loads((work / "settings.json").read_text())
@@ -145,6 +147,7 @@ def part_zeroshot(ratio: float, lorashear: dict, limit: int) -> dict:
                         "perplexity": {d: math.exp(sg.held_out_loss(model, b, batch_size=settings["batch_size"]))
                                        for d, b in extra.items()}}
         print(name, round(scores[name]["average"], 4), scores[name]["perplexity"], flush=True)
+        save({"limit": limit, "zero_shot": scores})
     return {"limit": limit, "zero_shot": scores}
 
 
@@ -164,14 +167,18 @@ def main(argv=None) -> None:
     path = RESULTS / f"{run_name(args.ratio, lorashear)}.json"
     kept = json.loads(path.read_text()) if path.exists() else {}
     stamp = {"date": time.strftime("%Y-%m-%d"), "environment": peer_recipes.environment()}
+
+    def save(part: dict) -> None:
+        kept.update(part)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(kept, indent=1))
+        tmp.replace(path)
+
     if args.part == "run":
         methods = [m for m in args.methods.split(",") if m]
-        kept.update({**stamp, **part_run(args.ratio, methods, lorashear)})
+        save({**stamp, **part_run(args.ratio, methods, lorashear)})
     else:
-        kept.update(part_zeroshot(args.ratio, lorashear, args.limit))
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(kept, indent=1))
-    tmp.replace(path)
+        part_zeroshot(args.ratio, lorashear, args.limit, save)
     print(path)
 
 
