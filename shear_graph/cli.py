@@ -394,6 +394,26 @@ def eval_(
     typer.echo(f"total {report.seconds:.1f} s" + (f"; results in {out}" if out is not None else ""))
 
 
+@app.command("export")
+def export_model(
+    model: str = typer.Argument(..., help="A model folder: a pruned one (oneshot's --out, prune's OUT/model) or a "
+                                          "plain Llama"),
+    out: Path = typer.Argument(..., help="Output: a folder for hf and decilm, a .gguf file for gguf; must not exist"),
+    format: str = typer.Option("hf", "--format", help="hf (stock transformers, widths padded to the widest layer), "
+                               "decilm (nemotron-nas: vLLM, SGLang, TensorRT-LLM) or gguf (llama.cpp deci arch, "
+                               "exact widths)"),
+    dtype: str = typer.Option("f32", help="Weight dtype: f32, f16 or bf16"),
+):
+    """Write a pruned model in a format inference engines load."""
+    import shear_graph as sg
+
+    try:
+        written = sg.export(model, out, format=format, dtype=dtype)
+    except sg.ShearGraphError as e:
+        _fail(str(e).splitlines()[0])
+    typer.echo(f"{format} export: {written}")
+
+
 def main() -> None:  # pragma: no cover
     app()
 

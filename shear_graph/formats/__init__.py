@@ -1,4 +1,4 @@
-"""Export a pruned model to the formats inference engines load.
+"""The formats inference engines load, and :func:`export` to write a pruned model in them.
 
 - ``hf``: stock transformers Llama, every layer padded to the widest (exact).
 - ``decilm``: the ``nemotron-nas`` (DeciLM) format of vLLM, SGLang and TensorRT-LLM,

@@ -11,15 +11,11 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from ..errors import ShearGraphError
+from ..errors import ExportError
 
 ATTN = ("q_proj", "k_proj", "v_proj", "o_proj")
 MLP = ("gate_proj", "up_proj", "down_proj")
 DTYPES = {"f32": torch.float32, "f16": torch.float16, "bf16": torch.bfloat16}
-
-
-class ExportError(ShearGraphError):
-    """A model, or an output path, that an export format cannot take."""
 
 
 @dataclass

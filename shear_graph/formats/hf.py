@@ -1,7 +1,7 @@
 """Export to a stock transformers Llama: one width for every layer.
 
 Per-layer widths are padded with zero channels to the widest layer
-(:func:`~shear_graph.export.layout.pad_layer`), which is exact; the padding
+(:func:`~shear_graph.formats.layout.pad_layer`), which is exact; the padding
 costs the parameters and FLOPs of the zero channels (:func:`padding_cost`).
 """
 from __future__ import annotations
@@ -57,8 +57,10 @@ def hf_config(layout: LlamaLayout, num_heads: int, num_kv_heads: int, intermedia
         if hasattr(config, "validate"):
             config.validate()
     except Exception as e:  # the strict-dataclass error type varies across transformers versions
-        raise ExportError(f"stock transformers Llama rejects these widths (hidden {layout.hidden_size}, "
-                          f"{num_heads} heads): {str(e).splitlines()[0]}; export --format gguf instead") from None
+        why = (f"hidden size {layout.hidden_size} is not a multiple of its {num_heads} query heads"
+               if layout.hidden_size % num_heads else str(e).splitlines()[0])
+        raise ExportError(f"stock transformers Llama rejects this model: {why}; export --format gguf or decilm "
+                          "instead, or prune the hidden size to a multiple of the query heads") from None
     config.architectures = ["LlamaForCausalLM"]
     return config
 
