@@ -288,3 +288,25 @@ def test_cli_export_writes_and_refuses_in_one_line(pruned_dir, tmp_path):
     assert ok.exit_code == 0 and (tmp_path / "m.gguf").is_file()
     bad = CliRunner().invoke(app, ["export", str(pruned_dir), str(tmp_path / "m.gguf"), "--format", "gguf"])
     assert bad.exit_code == 2 and "exists" in bad.output and len(bad.output.strip().splitlines()) == 1
+
+
+def test_prune_writes_the_asked_exports_beside_model(pruned_model, tmp_path):
+    from shear_graph.pipeline import EXPORTS, _write_exports
+
+    notes = []
+    (tmp_path / "model.gguf").write_bytes(b"a previous run's export")
+    _write_exports(pruned_model, None, tmp_path, ("hf", "gguf"), notes)
+    assert notes == [] and (tmp_path / "model-hf" / "config.json").is_file()
+    import gguf
+
+    assert gguf.GGUFReader(tmp_path / EXPORTS["gguf"]).fields["deci.feed_forward_length"].contents() == [85, 64, 94]
+    _write_exports(build("gpt2"), None, tmp_path / "gpt2", ("hf",), notes)  # noted, not fatal: model/ is saved
+    assert len(notes) == 1 and notes[0].startswith("hf export skipped")
+
+
+@pytest.mark.parametrize("bad", [("onnx",), "hf", (1,)])
+def test_prune_settings_refuse_unknown_exports(bad):
+    from conftest import tiny_job_settings
+
+    with pytest.raises(sg.ShearGraphError, match="export must be"):
+        tiny_job_settings(export=bad).check()
