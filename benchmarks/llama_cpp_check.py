@@ -67,9 +67,12 @@ def pruned_model(args, model):
 
 
 def greedy_torch(model, ids: list, n: int) -> list:
+    """Argmax continuation, end-of-text included (as the llama.cpp loop: no generation config)."""
+    out = list(ids)
     with torch.no_grad():
-        out = model.generate(torch.tensor([ids]), max_new_tokens=n, do_sample=False, min_new_tokens=n)
-    return out[0, len(ids):].tolist()
+        for _ in range(n):
+            out.append(int(model(torch.tensor([out])).logits[0, -1].argmax()))
+    return out[len(ids):]
 
 
 def greedy_llama(llm, ids: list, n: int) -> list:
@@ -100,6 +103,19 @@ def decode_speed(llm, prompt: list, n: int) -> float:
         llm.eval([tok])
         tok = int(np.argmax(llm.scores[llm.n_tokens - 1]))
     return n / (time.perf_counter() - t)
+
+
+def torch_speed(model, rounds: int, seq: int = 256) -> float:
+    """Forward tokens/s of ``model`` on one sequence of ``seq`` tokens, fastest of ``rounds``."""
+    ids = torch.randint(0, model.config.vocab_size, (1, seq), generator=torch.Generator().manual_seed(0))
+    best = 0.0
+    with torch.no_grad():
+        model(ids)
+        for _ in range(rounds):
+            t = time.perf_counter()
+            model(ids)
+            best = max(best, seq / (time.perf_counter() - t))
+    return best
 
 
 def main() -> None:
@@ -157,13 +173,22 @@ def main() -> None:
     speedup = best["pruned_f16"] / best["dense_f16"]
     param_ratio = params["dense"] / params["pruned"]
     layout = sg.formats.read_layout(pruned)
+    from transformers import AutoModelForCausalLM
+
+    padded = AutoModelForCausalLM.from_pretrained(sg.export(pruned, work / "hf", format="hf")).eval()
+    with torch.no_grad():
+        ids = torch.tensor([prompts[0]])
+        hf_diff = float((padded(ids).logits - pruned(ids).logits).abs().max())
+    hf_speed = {"exact (load_pruned)": torch_speed(pruned, args.rounds), "padded (hf export)": torch_speed(
+        padded, args.rounds), "dense": torch_speed(dense, args.rounds)}
     result = {
         "model": "SmolLM2-135M-Instruct", "pruned": how, "params": params,
         "removed_fraction": round(1 - params["pruned"] / params["dense"], 4),
         "per_layer": {"head_count": [w.num_heads for w in layout.layers],
                       "head_count_kv": [w.num_kv_heads for w in layout.layers],
                       "feed_forward_length": [w.intermediate_size for w in layout.layers]},
-        "hf_padding": sg.formats.hf.padding_cost(layout),
+        "hf_padding": {**sg.formats.hf.padding_cost(layout), "max_abs_logit_diff_vs_load_pruned": hf_diff,
+                       "torch_forward_tokens_per_s": {k: round(v, 1) for k, v in hf_speed.items()}},
         "greedy_new_tokens": args.new_tokens, "prompts": PROMPTS, "checks": checks,
         "decode_tokens_per_s": {k: [round(x, 1) for x in v] for k, v in speed.items()},
         "speedup_pruned_vs_dense": round(speedup, 3), "param_ratio_dense_vs_pruned": round(param_ratio, 3),

@@ -87,7 +87,7 @@ def write(layout: LlamaLayout, out: Path, dtype: torch.dtype, tokenizer=None) ->
     fields = tokenizer_fields(tokenizer, layout.vocab_size)
     w = gguf.GGUFWriter(str(out), ARCH)
     try:
-        w.add_name(getattr(layout.config, "_name_or_path", "") or "shear-graph export")
+        w.add_name(Path(getattr(layout.config, "_name_or_path", "") or "pruned").name)
         w.add_file_type(int(ftype))
         w.add_block_count(len(layout.layers))
         w.add_context_length(getattr(layout.config, "max_position_embeddings", 2048))
