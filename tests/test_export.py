@@ -18,7 +18,7 @@ from shear_graph.formats.gguf import rope_pairs
 from shear_graph.formats.hf import padding_cost
 from shear_graph.formats.layout import read_layout
 
-from conftest import _COMMON, build, input_ids, logits
+from conftest import _COMMON, build, input_ids, logits, random_blocks
 
 # 3 layers of 8 query / 4 KV heads (2 per group): each layer keeps a different number of head
 # groups and FFN channels, so every per-layer width differs
@@ -26,7 +26,7 @@ KV_REMOVED = {0: [1], 1: [0, 2], 2: []}
 FFN_REMOVED = {0: list(range(0, 96, 9)), 1: list(range(0, 96, 3)), 2: [5, 50]}
 
 
-def per_layer_model(hidden_removed=()):
+def per_layer_model(hidden_removed=(), compensate=False):
     config = LlamaConfig(hidden_size=64, intermediate_size=96, num_attention_heads=8, num_key_value_heads=4,
                          head_dim=8, **{**_COMMON, "num_hidden_layers": 3})
     model = build("llama", config=config)
@@ -39,7 +39,9 @@ def per_layer_model(hidden_removed=()):
             chans[g.id] = FFN_REMOVED[g.layer]
         elif g.kind == "hidden":
             chans[g.id] = list(hidden_removed)
-    return sg.apply_plan(model, sg.PrunePlan.from_channels(model, groups, chans))
+    plan = sg.PrunePlan.from_channels(model, groups, chans)
+    comp = sg.compensate_plan(model, plan, random_blocks(4, 8), progress=False) if compensate else None
+    return sg.apply_plan(model, plan, compensate=comp)
 
 
 @pytest.fixture(scope="module")
@@ -91,20 +93,6 @@ def test_hf_padding_cost_counts_the_zero_channels(pruned_dir):
     assert cost["params_padded"] - cost["params_exact"] == padded_layers - exact_layers
 
 
-def test_hf_export_carries_o_proj_and_down_proj_biases(pruned_model, tmp_path):
-    model = pruned_model
-    with torch.no_grad():  # as bias compensation leaves them: biases on the projections into the residual
-        for i, layer in enumerate(model.model.layers):
-            for lin in (layer.self_attn.o_proj, layer.mlp.down_proj):
-                lin.bias = torch.nn.Parameter(torch.linspace(-1, 1, 64) * (i + 1))
-    out = sg.export(model, tmp_path / "hf", format="hf")
-    from transformers import AutoModelForCausalLM
-
-    reloaded = AutoModelForCausalLM.from_pretrained(out).eval()
-    ids = input_ids()
-    torch.testing.assert_close(logits(reloaded, ids), logits(model, ids), atol=1e-5, rtol=0)
-
-
 def _rms(x, w, eps):
     return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps) * w
 
@@ -131,6 +119,10 @@ def decilm_reference_logits(folder, ids):
     x = w["model.embed_tokens.weight"][ids]
     b, n = ids.shape
     mask = torch.full((n, n), float("-inf")).triu(1)
+
+    def lin(x, name):  # vLLM gives q/k/v/o biases with attention_bias, gate/up/down with mlp_bias
+        flag = c["attention_bias"] if ".self_attn." in name else c["mlp_bias"]
+        return x @ w[name + ".weight"].T + (w[name + ".bias"] if flag else 0)
     for i, block in enumerate(c["block_configs"]):
         kv = heads // block["attention"]["n_heads_in_group"]
         ffn = -(-int(2 * block["ffn"]["ffn_mult"] * h / 3) // 256) * 256
@@ -140,18 +132,36 @@ def decilm_reference_logits(folder, ids):
         assert w[p + "mlp.gate_proj.weight"].shape == w[p + "mlp.up_proj.weight"].shape == (ffn, h)
         assert w[p + "mlp.down_proj.weight"].shape == (h, ffn)
         a = _rms(x, w[p + "input_layernorm.weight"], eps)
-        q = (a @ w[p + "self_attn.q_proj.weight"].T).view(b, n, heads, d).transpose(1, 2)
-        k = (a @ w[p + "self_attn.k_proj.weight"].T).view(b, n, kv, d).transpose(1, 2)
-        v = (a @ w[p + "self_attn.v_proj.weight"].T).view(b, n, kv, d).transpose(1, 2)
+        q = lin(a, p + "self_attn.q_proj").view(b, n, heads, d).transpose(1, 2)
+        k = lin(a, p + "self_attn.k_proj").view(b, n, kv, d).transpose(1, 2)
+        v = lin(a, p + "self_attn.v_proj").view(b, n, kv, d).transpose(1, 2)
         q, k = _rotate(q, c["rope_theta"]), _rotate(k, c["rope_theta"])
         k, v = k.repeat_interleave(heads // kv, 1), v.repeat_interleave(heads // kv, 1)
         att = torch.softmax(q @ k.transpose(-1, -2) / d ** 0.5 + mask, -1) @ v
-        x = x + att.transpose(1, 2).reshape(b, n, heads * d) @ w[p + "self_attn.o_proj.weight"].T
+        x = x + lin(att.transpose(1, 2).reshape(b, n, heads * d), p + "self_attn.o_proj")
         m = _rms(x, w[p + "post_attention_layernorm.weight"], eps)
-        x = x + (F.silu(m @ w[p + "mlp.gate_proj.weight"].T) * (m @ w[p + "mlp.up_proj.weight"].T)) \
-            @ w[p + "mlp.down_proj.weight"].T
+        x = x + lin(F.silu(lin(m, p + "mlp.gate_proj")) * lin(m, p + "mlp.up_proj"), p + "mlp.down_proj")
     head = w["model.embed_tokens.weight"] if c["tie_word_embeddings"] else w["lm_head.weight"]
     return _rms(x, w["model.norm.weight"], eps) @ head.T
+
+
+def test_bias_compensated_model_exports_exactly_to_every_format(tmp_path):
+    import gguf
+    from transformers import AutoModelForCausalLM
+
+    model = per_layer_model(compensate=True)  # FLAP's biases on o_proj / down_proj, zero ones on q/k/v, gate/up
+    assert model.model.layers[0].mlp.down_proj.bias.abs().max() > 0
+    ids = input_ids()
+    expected = logits(model, ids)
+    hf = AutoModelForCausalLM.from_pretrained(sg.export(model, tmp_path / "hf", format="hf")).eval()
+    torch.testing.assert_close(logits(hf, ids), expected, atol=1e-5, rtol=0)
+    decilm = sg.export(model, tmp_path / "decilm", format="decilm")
+    torch.testing.assert_close(decilm_reference_logits(decilm, ids), expected, atol=1e-5, rtol=0)
+    tensors = {t.name: t for t in gguf.GGUFReader(sg.export(model, tmp_path / "m.gguf", format="gguf")).tensors}
+    for i, layer in enumerate(model.model.layers):
+        for name, lin in (("attn_output", layer.self_attn.o_proj), ("ffn_down", layer.mlp.down_proj)):
+            np.testing.assert_array_equal(tensors[f"blk.{i}.{name}.bias"].data, lin.bias.detach().numpy())
+    assert "blk.0.attn_q.bias" not in tensors  # zero, and llama.cpp's deci arch would expect it {n_embd} wide
 
 
 def test_decilm_export_read_as_vllm_does_reproduces_the_logits(pruned_dir, tmp_path):

@@ -59,3 +59,10 @@ def test_unreachable_ratio_with_rounding_says_so(llama):
     model, groups = llama
     with pytest.raises(sg.PlanError, match="round_to"):  # 96 channels rounded to 64 keep 64 or 96: at most 1/3 off
         sg.plan_by_magnitude(model, groups, 0.45, kinds=("ffn",), round_to=64)
+
+
+def test_round_to_with_a_joint_allocation_is_refused(llama):
+    model, groups = llama
+    sal = sg.compute_saliency(model, groups, "magnitude")
+    with pytest.raises(sg.PlanError, match="round_to rounds the uniform allocation"):
+        sg.plan_by_saliency(model, groups, sal, 0.2, allocation="global", round_to=8)
