@@ -47,7 +47,8 @@ def ensure_llama_cpp(timeout: int) -> float:
         pass
     env = dict(os.environ, CMAKE_BUILD_PARALLEL_LEVEL="2",
                CMAKE_ARGS="-DGGML_NATIVE=ON -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF "
-                          "-DLLAMA_BUILD_TOOLS=OFF -DLLAMA_BUILD_SERVER=OFF -DLLAMA_CURL=OFF")
+                          "-DLLAMA_BUILD_TOOLS=OFF -DLLAMA_BUILD_SERVER=OFF -DLLAMA_CURL=OFF "
+                          "-DLLAVA_BUILD=OFF")  # the multimodal library is a third of the build
     pip = [sys.executable, "-m", "pip", "install"]
     t = time.perf_counter()
     subprocess.run(pip + ["diskcache>=5.6"], check=True)  # its only dependency the venv lacks
