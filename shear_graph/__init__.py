@@ -46,3 +46,6 @@ from .pipeline import PruneResult, PruneSettings, prune  # noqa: E402
 from .progressive import LHSPGResult, lhspg_prune  # noqa: E402
 
 __all__ += ["LHSPG", "lhspg_prune", "LHSPGResult", "add_lora", "prune", "PruneSettings", "PruneResult"]
+from .formats import ExportError, export  # noqa: E402
+
+__all__ += ["export", "ExportError"]

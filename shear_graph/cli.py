@@ -29,6 +29,7 @@ PRUNE_FLAGS = {"ratio": "--ratio", "baseline": "--baseline", "eval_limit": "--ev
                "lora_rank": "--lora-rank", "layer_shares": "--layer-shares", "distill": "--distill",
                "recovery_distill": "--recovery-distill", "peer_budget": "--baseline-budget",
                "keep_layers": "--keep-layers", "kinds": "--kinds", "dtype": "--dtype", "data_dir": "--data-dir",
+               "round_to": "--round-to", "export": "--export",
                "eval_data_dir": "--data-dir",
                "resume=True": "--resume", "overwrite=True": "--overwrite"}
 ANALYSIS_FILES = ("knowledge.json", "saliency.json", "report.html")  # everything `analyze` writes
@@ -137,6 +138,8 @@ def oneshot(
                                                           "(attention_head, ffn, hidden)"),
     overwrite: bool = typer.Option(False, help="Replace OUT if it exists"),
     prompt: str = typer.Option(PROMPT, help="Prompt for the generation check"),
+    round_to: int = typer.Option(1, help="Keep FFN widths in multiples of this many channels (8, 64, 128, 256: "
+                                         "exports need less padding, tensor-core shapes); 1: exact ratio"),
 ):
     """One-shot pruning in seconds, no training: trace, find removal groups,
     prune RATIO of the parameters by magnitude, save, reload and generate."""
@@ -166,7 +169,7 @@ def oneshot(
         times["trace+groups"] = time.perf_counter() - t
         steps.update(); steps.set_postfix_str("plan")
         t = time.perf_counter()
-        plan = sg.plan_by_magnitude(m, gs, ratio, kinds=wanted)
+        plan = sg.plan_by_magnitude(m, gs, ratio, kinds=wanted, round_to=round_to)
         times["plan"] = time.perf_counter() - t
         steps.update(); steps.set_postfix_str("apply")
         t = time.perf_counter()
@@ -394,6 +397,26 @@ def eval_(
     typer.echo(f"total {report.seconds:.1f} s" + (f"; results in {out}" if out is not None else ""))
 
 
+@app.command("export")
+def export_model(
+    model: str = typer.Argument(..., help="A model folder: a pruned one (oneshot's --out, prune's OUT/model) or a "
+                                          "plain Llama"),
+    out: Path = typer.Argument(..., help="Output: a folder for hf and decilm, a .gguf file for gguf; must not exist"),
+    format: str = typer.Option("hf", "--format", help="hf (stock transformers, widths padded to the widest layer), "
+                               "decilm (nemotron-nas: vLLM, SGLang, TensorRT-LLM) or gguf (llama.cpp deci arch, "
+                               "exact widths)"),
+    dtype: str = typer.Option("f32", help="Weight dtype: f32, f16 or bf16"),
+):
+    """Write a pruned model in a format inference engines load."""
+    import shear_graph as sg
+
+    try:
+        written = sg.export(model, out, format=format, dtype=dtype)
+    except sg.ShearGraphError as e:
+        _fail(str(e).splitlines()[0])
+    typer.echo(f"{format} export: {written}")
+
+
 def main() -> None:  # pragma: no cover
     app()
 
@@ -440,6 +463,10 @@ def prune(
     resume: bool = typer.Option(False, help="Continue the run in OUT from its last finished stage"),
     keep_work: bool = typer.Option(False, help="Keep OUT/.work (every intermediate model, ~1.7 GB for the "
                                                "default model) after the run; removed by default"),
+    round_to: int = typer.Option(DEFAULTS.round_to, help="Keep FFN widths in multiples of this many channels "
+                                 "(8, 64, 128, 256), in LHSPG and the baseline; 1: exact ratio"),
+    export: str = typer.Option("", help="Formats written beside OUT/model, comma-separated: hf (model-hf/), "
+                               "decilm (model-decilm/), gguf (model.gguf). Default: none"),
 ):
     """The main job: knowledge analysis, LHSPG progressive pruning, physical
     pruning, dynamic recovery and evaluation, next to a one-shot baseline;
@@ -462,7 +489,8 @@ def prune(
                              lora_rank=lora_rank, layer_shares=layer_shares, distill=distill,
                              recovery_distill=recovery_distill, keep_layers=kept,
                              kinds=kind_names(kinds), device=device, dtype=dtype,
-                             eval_tasks=chosen, peer_budget=baseline_budget)
+                             eval_tasks=chosen, peer_budget=baseline_budget, round_to=round_to,
+                             export=kind_names(export) if export else ())
     try:
         settings.check()
     except sg.ShearGraphError as e:

@@ -64,3 +64,7 @@ class TrainingError(ShearGraphError):
     def __init__(self, message: str, step: int, domain: str | None = None):
         self.step, self.domain = step, domain
         super().__init__(message)
+
+
+class ExportError(ShearGraphError):
+    """A model, or an output path, that an export format cannot take."""

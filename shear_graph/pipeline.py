@@ -35,6 +35,7 @@ from .knowledge import KnowledgeMap, analyze_knowledge, check_analysis_settings,
 from .plan import (
     PrunePlan, atomic_write_text, check_reachable, count_params, keep_layer_shares, max_removable, plan_by_saliency,
 )
+from .plan import check_round_to
 from .prune import apply_plan
 from .saliency import compute_saliency
 from .tasks import DATA_ENV, TASKS, TEXTS
@@ -52,14 +53,15 @@ def known_tasks() -> list:
 
 PRUNED_KINDS = ("attention_head", "ffn")
 # everything a run writes in its folder: --overwrite replaces a folder holding nothing else
-RUN_FILES = ("model", "plan.json", "knowledge.json", "results.json", "report.html", ".work")
+EXPORTS = {"hf": "model-hf", "decilm": "model-decilm", "gguf": "model.gguf"}  # beside model/ (settings.export)
+RUN_FILES = ("model", "plan.json", "knowledge.json", "results.json", "report.html", ".work", *EXPORTS.values())
 
 
 # settings no stage before LHSPG reads: a run stopped before LHSPG finished resumes with them changed,
 # keeping its dense evaluation and knowledge analysis
 LHSPG_ONWARD = {"ratio", "kinds", "layer_shares", "keep_layers", "warmup_steps", "n_periods", "period_steps",
                 "final_steps", "lhspg_lr", "distill", "recovery_steps", "recovery_lr", "recovery_distill",
-                "update_every", "lora_rank", "lora_alpha", "baseline", "peer_budget"}
+                "update_every", "lora_rank", "lora_alpha", "baseline", "peer_budget", "round_to", "export"}
 
 
 @dataclass
@@ -104,6 +106,8 @@ class PruneSettings:
     seed: int = 0
     device: str = "cpu"
     dtype: str = "float32"
+    round_to: int = 1  # FFN widths kept in multiples of it (plan_by_saliency), for LHSPG and the baseline
+    export: tuple = ()  # formats (shear_graph.formats) written beside model/ at the end, e.g. ("hf", "gguf")
 
     @property
     def lhspg_steps(self) -> int:
@@ -154,6 +158,10 @@ class PruneSettings:
                                   "types LHSPG prunes), got " + (", ".join(repr(k) for k in unknown)
                                                                  if unknown else repr(self.kinds)))
         check_analysis_settings(self.fraction, self.unprunable_ratio)
+        check_round_to(self.round_to)
+        unknown = [f for f in self.export if f not in EXPORTS] if isinstance(self.export, (tuple, list)) else [0]
+        if unknown:
+            raise ShearGraphError(f"export must be a tuple of formats from {', '.join(EXPORTS)}, got {self.export!r}")
         check_distill(self.distill)
         check_distill(self.recovery_distill, "recovery_distill")
         if not isinstance(self.keep_layers, (tuple, list)) or not all(
@@ -620,7 +628,7 @@ def prune(model: nn.Module | None = None, tokenizer=None, *, out, settings: Prun
             final_steps=settings.final_steps, batch_size=settings.batch_size, lr=settings.lhspg_lr,
             distill=settings.distill,
             lora_rank=settings.lora_rank, lora_alpha=settings.lora_alpha, seed=settings.seed, device=device,
-            dtype=dtype, checkpoint_dir=work.dir / "lhspg", progress=progress))
+            dtype=dtype, checkpoint_dir=work.dir / "lhspg", progress=progress, round_to=settings.round_to))
         pruned = timed("apply plan", lambda: apply_plan(result.model, result.plan))
         result.plan.save(work.dir / "plan.json")
         work.put_json("lhspg", {k: v for k, v in result.to_dict().items() if k != "plan"})
@@ -660,7 +668,7 @@ def prune(model: nn.Module | None = None, tokenizer=None, *, out, settings: Prun
                 sal = compute_saliency(model, groups, settings.baseline, calib,
                                        batch_size=settings.batch_size, progress=progress)
                 removed = 1 - count_params(pruned) / count_params(model)
-                bplan = plan_by_saliency(model, groups, sal, removed, settings.kinds)
+                bplan = plan_by_saliency(model, groups, sal, removed, settings.kinds, round_to=settings.round_to)
                 return apply_plan(model, bplan)
             base_pruned = timed("baseline pruning", one_shot)
             work.put_model("baseline_pruned", base_pruned)
@@ -687,6 +695,7 @@ def prune(model: nn.Module | None = None, tokenizer=None, *, out, settings: Prun
                          recovery, seconds, split, notes)
     try:
         save_pruned(final, out / "model", tokenizer=tokenizer, overwrite=True)
+        _write_exports(final, tokenizer, out, settings.export, notes)
         plan.save(out / "plan.json")
         km.save(out / "knowledge.json")
         if report is not None:
@@ -752,6 +761,23 @@ def _lhspg_shares(km: KnowledgeMap, groups: list, settings: PruneSettings) -> di
     shares = km.prune_shares() if settings.layer_shares == "knowledge" else {}
     shares.update(keep_layer_shares(groups, settings.keep_layers))
     return shares or None
+
+
+def _write_exports(model: nn.Module, tokenizer, out: Path, formats, notes: list) -> None:
+    """Each of ``formats`` beside ``out/model`` (:data:`EXPORTS`); a model a format
+    cannot express is noted, not fatal: the pruned model itself is saved."""
+    from .formats import ExportError, export
+
+    for fmt in formats:
+        path = out / EXPORTS[fmt]
+        if path.is_dir():  # a previous run's export in a folder being overwritten
+            shutil.rmtree(path)
+        elif path.exists():
+            path.unlink()
+        try:
+            export(model, path, format=fmt, tokenizer=tokenizer)
+        except ExportError as e:
+            notes.append(f"{fmt} export skipped: {e}")
 
 
 def _settings_dict(settings: PruneSettings) -> dict:

@@ -335,7 +335,8 @@ ALLOCATIONS = ("uniform", "global", "standardized")
 
 
 def plan_by_saliency(model: torch.nn.Module, groups: list, saliency, ratio: float, kinds=None,
-                     exclude=(), shares: dict | None = None, allocation: str = "uniform") -> PrunePlan:
+                     exclude=(), shares: dict | None = None, allocation: str = "uniform",
+                     round_to: int = 1) -> PrunePlan:
     """Remove ``ratio`` of the model's parameters, lowest-saliency channels first.
 
     With ``allocation="uniform"`` every selected group loses the same fraction
@@ -364,18 +365,29 @@ def plan_by_saliency(model: torch.nn.Module, groups: list, saliency, ratio: floa
         group not named), e.g. :meth:`~shear_graph.knowledge.KnowledgeMap.prune_shares`.
     allocation : {"uniform", "global", "standardized"}
         How the cut is spread over the groups (see above).
+    round_to : int
+        Keep a multiple of ``round_to`` channels in every FFN and hidden group
+        (:func:`round_kept`), so that exported widths need little padding and
+        fit tensor-core tiles (8, 64, 128, 256); 1 (default): no rounding.
+        Attention-head groups are not rounded: a head is ``head_dim`` wide already.
+        The uniform allocation only.
 
     Raises
     ------
     PlanError
         ``ratio`` outside [0, 1), ``kinds`` a bare string or not group kinds, a
         share negative or not finite, ``ratio`` not reachable with the kinds,
-        exclusions and shares given (the message gives the largest reachable
-        ratio), an unknown ``allocation``, or ``shares`` with a joint one.
+        exclusions, shares and rounding given (the message gives the largest
+        reachable ratio), an unknown ``allocation``, ``shares`` or ``round_to``
+        with a joint one, or ``round_to`` not a positive integer.
     """
     if allocation not in ALLOCATIONS:
         raise PlanError(f"allocation must be one of {', '.join(ALLOCATIONS)}; got {allocation!r}")
+    check_round_to(round_to)
     if allocation != "uniform":
+        if round_to != 1:
+            raise PlanError(f"round_to rounds the uniform allocation's per-group cuts; allocation={allocation!r} "
+                            "ranks all groups jointly: give one or the other")
         if shares:
             raise PlanError(f"shares set each group's cut for the uniform allocation; allocation={allocation!r} "
                             "ranks all groups jointly: give one or the other")
@@ -390,7 +402,8 @@ def plan_by_saliency(model: torch.nn.Module, groups: list, saliency, ratio: floa
     method = f"{saliency.method}(ratio={ratio}{', shares' if shares else ''})"
 
     def plan_at(f: float) -> PrunePlan:
-        chans = {g.id: order[g.id][: min(int(round(f * share[g.id] * g.n_channels)), g.n_channels - 1)]
+        chans = {g.id: order[g.id][: g.n_channels - round_kept(
+                     g, g.n_channels - min(int(round(f * share[g.id] * g.n_channels)), g.n_channels - 1), round_to)]
                  for g in chosen}
         return PrunePlan.from_channels(model, groups, chans, method=method)
 
@@ -402,7 +415,8 @@ def plan_by_saliency(model: torch.nn.Module, groups: list, saliency, ratio: floa
     hi = 1.0 / min(positive) if positive else 1.0  # every group with a share can reach its limit
     most = removed(plan_at(hi))
     if most < ratio:
-        raise PlanError(f"ratio {ratio} cannot be reached with these shares: at most {most:.4f} "
+        raise PlanError(f"ratio {ratio} cannot be reached with these shares{' and round_to' if round_to > 1 else ''}: "
+                        f"at most {most:.4f} "
                         "(a share of 0 leaves its group whole); give the groups larger shares or a smaller ratio")
     lo = 0.0
     for _ in range(30 + math.ceil(math.log2(hi))):  # the same precision whatever the smallest share
@@ -544,10 +558,31 @@ def _check_shares(shares: dict, groups: list, chosen: list) -> dict:
     return {g.id: values.get(g.id, 1.0) for g in chosen}
 
 
-def plan_by_magnitude(model: torch.nn.Module, groups: list, ratio: float, kinds=None, exclude=()) -> PrunePlan:
+def plan_by_magnitude(model: torch.nn.Module, groups: list, ratio: float, kinds=None, exclude=(),
+                      round_to: int = 1) -> PrunePlan:
     """:func:`plan_by_saliency` with the ``magnitude`` criterion (squared L2
     norm of each channel's weights). Raises :class:`PlanError` as it does."""
     from .saliency import compute_saliency
 
     check_ratio(ratio)
-    return plan_by_saliency(model, groups, compute_saliency(model, groups, "magnitude"), ratio, kinds, exclude)
+    return plan_by_saliency(model, groups, compute_saliency(model, groups, "magnitude"), ratio, kinds, exclude,
+                            round_to=round_to)
+
+
+ROUNDED_KINDS = ("ffn", "hidden")  # one channel is one unit of width
+
+
+def check_round_to(round_to) -> None:
+    """Raise :class:`PlanError` unless ``round_to`` is a positive integer."""
+    if isinstance(round_to, bool) or not isinstance(round_to, (int, np.integer)) or round_to < 1:
+        raise PlanError(f"round_to must be a positive integer number of channels (e.g. 8, 64, 128, 256), "
+                        f"got {round_to!r}")
+
+
+def round_kept(group, kept: int, round_to: int) -> int:
+    """``kept`` channels of ``group`` rounded to the nearest multiple of ``round_to``
+    (at least ``round_to``, at most all): FFN and hidden groups only, and only
+    groups of at least ``round_to`` channels."""
+    if round_to == 1 or group.kind not in ROUNDED_KINDS or group.n_channels < round_to:
+        return kept
+    return min(group.n_channels, max(round_to, round_to * int(round(kept / round_to))))

@@ -74,7 +74,7 @@ class LHSPGResult:
 
 def saliency_selector(model: nn.Module, groups: list, ratio: float, n_periods: int, *, method: str = "taylor",
                       blocks: torch.Tensor | None = None, kinds=("attention_head", "ffn"), exclude=(),
-                      shares: dict | None = None, batch_size: int = 4, progress: bool = True):
+                      shares: dict | None = None, batch_size: int = 4, progress: bool = True, round_to: int = 1):
     """The default ``select`` of :class:`LHSPG`: at period ``p`` the lowest-saliency
     channels that remove ``ratio * (p + 1) / n_periods`` of the parameters
     (:func:`~shear_graph.plan.plan_by_saliency`, so every prunable group loses the
@@ -91,9 +91,9 @@ def saliency_selector(model: nn.Module, groups: list, ratio: float, n_periods: i
         weight stands for the composed one (its gradient is the composed weight's).
     blocks : torch.Tensor, optional
         Calibration tokens int64 [n, block_len] for data-driven criteria.
-    kinds, exclude, shares
+    kinds, exclude, shares, round_to
         As for :func:`~shear_graph.plan.plan_by_saliency` (a KnowledgeMap's
-        unprunable clusters are excluded).
+        unprunable clusters are excluded; every period's widths are rounded).
     progress : bool
         Show the saliency pass's tqdm bar at each period's start.
 
@@ -106,13 +106,14 @@ def saliency_selector(model: nn.Module, groups: list, ratio: float, n_periods: i
     check_ratio(ratio)
     ratios = period_ratios(ratio, n_periods)
     magnitude = compute_saliency(model, groups, "magnitude")
-    plan_by_saliency(model, groups, magnitude, ratio, kinds, exclude, shares)  # fail now, not after warm-up
+    plan_by_saliency(model, groups, magnitude, ratio, kinds, exclude, shares,
+                     round_to=round_to)  # fail now, not after warm-up
 
     def select(period: int, chosen: dict) -> dict:
         sal = compute_saliency(model, groups, method, blocks, batch_size=batch_size, progress=progress)
         for gid, chans in chosen.items():
             sal.scores[gid][chans] = -np.inf
-        plan = plan_by_saliency(model, groups, sal, ratios[period], kinds, exclude, shares)
+        plan = plan_by_saliency(model, groups, sal, ratios[period], kinds, exclude, shares, round_to=round_to)
         return {r.group: list(r.channels) for r in plan.removals}
 
     return select
@@ -156,7 +157,8 @@ def lhspg_prune(model: nn.Module, blocks: torch.Tensor, ratio: float, *, knowled
                 kinds=("attention_head", "ffn"), saliency: str = "taylor", warmup_steps: int = 10,
                 n_periods: int = 4, period_steps: int = 20, final_steps: int = 20, batch_size: int = 4, lr: float = 3e-4,
                 lora_rank: int = 8, lora_alpha: float = 16.0, epsilon: float = 0.0, distill: float = 0.0,
-                seed: int = 0, device=None, dtype=None, checkpoint_dir=None, progress: bool = True) -> LHSPGResult:
+                seed: int = 0, device=None, dtype=None, checkpoint_dir=None, progress: bool = True,
+                round_to: int = 1) -> LHSPGResult:
     """Prune ``ratio`` of ``model``'s parameters progressively with LHSPG.
 
     The model is deep-copied (the caller's is never changed), moved to
@@ -179,6 +181,9 @@ def lhspg_prune(model: nn.Module, blocks: torch.Tensor, ratio: float, *, knowled
         every group); ``knowledge.prune_shares()`` gives per-layer shares.
     kinds : tuple of str
         Group kinds to prune.
+    round_to : int
+        Keep a multiple of ``round_to`` channels in every FFN group
+        (:func:`~shear_graph.plan.plan_by_saliency`); 1: no rounding.
     saliency : str
         Criterion choosing each period's channels (see :func:`saliency_selector`).
     warmup_steps, n_periods, period_steps, final_steps, epsilon, lr
@@ -237,7 +242,7 @@ def lhspg_prune(model: nn.Module, blocks: torch.Tensor, ratio: float, *, knowled
     calib = blocks[pick].to(device)
     select = saliency_selector(peft_model, groups, ratio, n_periods, method=saliency, blocks=calib,
                                kinds=kinds, exclude=knowledge or (), shares=shares, batch_size=batch_size,
-                               progress=progress)
+                               progress=progress, round_to=round_to)
     opt = LHSPG(peft_model, groups, select, lr=lr, warmup_steps=warmup_steps, n_periods=n_periods,
                 period_steps=period_steps, final_steps=final_steps, epsilon=epsilon)
     steps = opt.total_steps
