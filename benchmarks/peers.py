@@ -695,6 +695,8 @@ def _best_by_method(quality: dict, ratio: float) -> dict:
             method, when = _split_stage(stage)
             if method == "dense" or "perplexity" not in row:
                 continue
+            if method in RETRAINING_FREE and when == "pruned":
+                method = f"{method}:no retraining"
             key = (when == "recovered", -_geomean_ratio(row, dense))
             if method not in best or key > best[method][0]:
                 best[method] = (key, name, stage)
@@ -740,9 +742,7 @@ def _quality_section(ratio: float, best: dict, quality: dict) -> list:
              "over the evaluation domains relative to its own run's dense model), among the runs trained on "
              f"{', '.join(_protocol(first)[0])}; runs on other text are in the last table. Every run: the same held-out "
              f"evaluation blocks ({s.get('n_eval')} x {s.get('block_len')} tokens per domain, never trained on), the "
-             f"first {s.get('eval_limit')} items of each zero-shot task, the same recovery for every method "
-             f"({s.get('recovery_steps')} steps of {s.get('batch_size')} x {s.get('block_len')} tokens, LoRA "
-             f"r={s.get('lora_rank')}). "
+             f"{_zero_shot_items(first)}, {_budget(first)}. "
              "Perplexity, with the multiple of dense in brackets. Machine: " + "; ".join(machines) + ".", ""]
     dense = first["stages"]["dense"]
     rows = [["dense (not pruned)", "", f"{dense['params'] / 1e6:.1f}",
@@ -758,6 +758,23 @@ def _quality_section(ratio: float, best: dict, quality: dict) -> list:
                      _zero_shot(row, q, stage), f"`{_command(name, q)}`"])
     return lines + _table(["method", "configuration", "params (M)", *[f"ppl {d}" for d in domains],
                            "zero-shot avg", "command"], rows)
+
+
+def _zero_shot_items(q: dict) -> str:
+    limit = q["limit"] if q.get("zero_shot") else q["settings"].get("eval_limit")
+    return f"first {limit} items of each zero-shot task"
+
+
+def _budget(q: dict) -> str:
+    """The training budget of a run's methods, in words."""
+    s = q["settings"]
+    step = f"steps of {s.get('batch_size')} x {s.get('block_len')} tokens, LoRA r={s.get('lora_rank')}"
+    if s.get("peer_budget") != "tokens":
+        return f"the same recovery for every method ({s.get('recovery_steps')} {step})"
+    lhspg = s["warmup_steps"] + s["n_periods"] * s["period_steps"] + s["final_steps"]
+    return (f"equal training tokens: LoRAShear {lhspg} LHSPG steps then {s['recovery_steps']} recovery steps, every "
+            f"other method {lhspg + s['recovery_steps']} recovery steps ({step}; FLAP-style also before any "
+            "retraining)")
 
 
 def _zero_shot(row: dict, q: dict | None = None, stage: str = "") -> str:
@@ -890,7 +907,12 @@ def _history_section(quality: dict) -> list:
 LABELS = {"dense": "dense", "lhspg": "shear-graph LoRAShear (LHSPG)", "baseline": "shear-graph one-shot Taylor",
           "sg_magnitude": "shear-graph one-shot magnitude", "tp_magnitude": "Torch-Pruning magnitude (its LLM example)",
           "llm_pruner_taylor": "LLM-Pruner-style Taylor (Torch-Pruning; layers 0-3 and the last two whole)",
-          "dense_reference": "dense, not pruned (a ceiling)"}
+          "dense_reference": "dense, not pruned (a ceiling)",
+          "flap": "FLAP-style (fluctuation saliency, standardized widths, bias compensation)",
+          "flap:no retraining": "FLAP-style, no retraining (its own recipe)",
+          "wanda_sp": "Wanda-sp (uniform widths)"}
+# methods whose recipe ends before any retraining: their row before recovery is shown as a method of its own
+RETRAINING_FREE = {"flap"}
 
 
 def _variant(settings: dict) -> str:
