@@ -761,7 +761,7 @@ def _quality_section(ratio: float, best: dict, quality: dict) -> list:
 
 
 def _zero_shot_items(q: dict) -> str:
-    limit = q["limit"] if q.get("zero_shot") else q["settings"].get("eval_limit")
+    limit = q.get("limit") if q.get("zero_shot") and q.get("limit") else q["settings"].get("eval_limit")
     return f"first {limit} items of each zero-shot task"
 
 
