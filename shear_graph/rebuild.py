@@ -15,11 +15,17 @@ from torch import nn
 
 INTERMEDIATE_KEYS = ("intermediate_size", "ffn_dim", "n_inner")
 _INDEX = re.compile(r"\.(\d+)(?:\.|$)")
+# Layers whose shape attributes sync_shape_attributes reads back from their
+# weights: sizes these modules hold are re-derived, not constants
+# (prefixes of the qualified class names torch.export records).
+SYNCED_MODULES = ("torch.nn.modules.linear.Linear", "torch.nn.modules.sparse.Embedding",
+                  "torch.nn.modules.normalization.LayerNorm", "torch.nn.modules.normalization.RMSNorm",
+                  "transformers.pytorch_utils.Conv1D", "peft.tuners.lora.layer.")
 
 
 def sync_shape_attributes(model: nn.Module) -> None:
     """Set the size attributes of standard layers from their weight shapes
-    (``nn.Linear``, ``nn.Embedding``, ``nn.LayerNorm``, transformers ``Conv1D``,
+    (``nn.Linear``, ``nn.Embedding``, ``nn.LayerNorm``, ``nn.RMSNorm``, transformers ``Conv1D``,
     and peft LoRA wrappers, which read ``in_features``/``out_features``)."""
     for m in model.modules():
         w = getattr(m, "weight", None)
@@ -27,7 +33,7 @@ def sync_shape_attributes(model: nn.Module) -> None:
             m.out_features, m.in_features = w.shape
         elif isinstance(m, nn.Embedding):
             m.num_embeddings, m.embedding_dim = w.shape
-        elif isinstance(m, nn.LayerNorm) and w is not None:
+        elif isinstance(m, (nn.LayerNorm, nn.RMSNorm)) and w is not None:
             m.normalized_shape = tuple(w.shape)
         elif type(m).__name__ == "Conv1D" and w is not None:
             m.nx, m.nf = w.shape
