@@ -13,6 +13,8 @@ import re
 import torch
 from torch import nn
 
+from .errors import PlanError
+
 INTERMEDIATE_KEYS = ("intermediate_size", "ffn_dim", "n_inner")
 _INDEX = re.compile(r"\.(\d+)(?:\.|$)")
 # Layers whose shape attributes sync_shape_attributes reads back from their
@@ -92,7 +94,13 @@ def derive_attention(model: nn.Module, config, attention: dict) -> None:
     modules = dict(model.named_modules())
     for path, a in attention.items():
         cfg = attention_config(config, a["num_heads"], a["num_kv_heads"], a["head_dim"])
-        derive_module_attributes(modules[path], cfg, layer_index(path))
+        try:
+            derive_module_attributes(modules[path], cfg, layer_index(path))
+        except Exception as e:  # any constructor error: the user needs the module, not the stack
+            raise PlanError(
+                f"attention module '{path}' ({type(modules[path]).__name__}) cannot be rebuilt for "
+                f"{a['num_heads']} heads: {e}. Leave its attention_head group out of the plan (prune FFN and "
+                "hidden groups only), or give the module a constructor taking (config, layer_idx)") from e
 
 
 def intermediate_key(config, original: int):
