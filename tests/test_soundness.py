@@ -145,8 +145,7 @@ def test_fused_qkv_split_by_indexing_is_explained(by):
     assert not any(g.kind == "attention_head" for g in groups)
     assert all(o == "exact" for o in outcome.values())
     text = str(sg.explain(sg.trace(model, example_inputs=IDS), "body.qkv.weight"))
-    assert "aten.select" in text or "aten.unbind" in text, text
-    assert "the inner dim of a reshape" in text
+    assert ("aten.select" if by == "index" else "aten.unbind") in text, text
 
 
 class OwnAttention(nn.Module):
@@ -172,12 +171,12 @@ def test_unrebuildable_attention_is_refused_and_the_model_is_unchanged(inplace):
     groups = sg.find_groups(sg.trace(model, example_inputs=IDS))
     head = next(g for g in groups if g.kind == "attention_head")
     plan = sg.PrunePlan.from_channels(model, groups, {head.id: [1]})
-    before, cfg = state(model), model.config.to_dict()
+    before, cfg, ref = state(model), model.config.to_dict(), outputs(model, IDS)
     with pytest.raises(sg.PlanError, match=r"attention module 'body' \(OwnAttention\) cannot be rebuilt"):
         sg.apply_plan(model, plan, inplace=inplace)
     assert unchanged(model, before) and model.config.to_dict() == cfg
     assert model.body.q.out_features == 20 and model.body.q.weight.shape == (20, H)
-    torch.testing.assert_close(outputs(model, IDS), outputs(Program(OwnAttention(4, 5)), IDS))
+    torch.testing.assert_close(outputs(model, IDS), ref, atol=0, rtol=0)
 
 
 def test_inplace_apply_plan_is_atomic_on_any_error(monkeypatch):
