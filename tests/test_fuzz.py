@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from fuzz_programs import new_stats, run
+from fuzz_programs import run
 
 pytestmark = pytest.mark.fuzz
 N = int(os.environ.get("SHEAR_FUZZ_PROGRAMS", "120"))

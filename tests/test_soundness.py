@@ -1,7 +1,6 @@
 """Engine soundness (issue 20): every offered group prunes exactly, or the
 dims are frozen with a reason, or apply_plan refuses before anything changes.
 One test per case seen outside the tested families."""
-import numpy as np
 import pytest
 import torch
 from torch import nn
