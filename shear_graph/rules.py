@@ -290,6 +290,10 @@ def _drop_trailing_ones(prop, keys: list) -> list:
 
 def _reshape_group(prop, node, a: list, b: list) -> None:
     a = [k for k in a if prop.size(k) != 1] or a[:1]
+    if prop.size(b[0]) == 1 and len(b) > 1:
+        # a single head split off: its block is the whole dim, never removable alone
+        prop.freeze(a + b, node, "a view splits off a size-1 dim (a single head): the block is the whole dim")
+        return
     if len(a) == 1 and len(b) == 1:
         prop.tie(a[0], b[0])
         return

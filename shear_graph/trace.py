@@ -268,6 +268,8 @@ def trace(model_or_config, example_inputs=None, *, batch: int = 2, seq_len: int 
     else:
         args, user_kwargs = _user_inputs(example_inputs) if example_inputs is not None else ((), {})
         kwargs = {**user_kwargs, **kwargs}
+        if "use_cache" in inspect.signature(base_model_of(model).forward).parameters:
+            kwargs.setdefault("use_cache", False)  # a cache object output cannot be exported
     was_training = model.training
     model.eval()
     try:
