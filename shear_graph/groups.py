@@ -312,6 +312,8 @@ def _find(graph: ShearGraph):
     lab, sid, idx = lab[keep], sid[keep], idx[keep]
     order = np.lexsort((idx, sid, lab))
     lab, sid, idx = lab[order], sid[order], idx[order]
+    if not len(lab):
+        return [], prop, comps
 
     # a component's signature: which slots it touches and how many indices each
     pair_start = np.flatnonzero(np.r_[True, (lab[1:] != lab[:-1]) | (sid[1:] != sid[:-1])])

@@ -141,7 +141,7 @@ def _restore(saved: list) -> None:
 def _prune(model: nn.Module, out: nn.Module, plan: PrunePlan, removed: dict, compensate) -> nn.Module:
     base = base_model_of(out)
     config = getattr(base, "config", None)
-    heads = sorted({g["module"] for gid, g in plan.groups.items() if g["kind"] == "attention_head"})
+    heads = sorted({plan.groups[r.group]["module"] for r in plan.removals if r.kind == "attention_head"})
     if heads and not hasattr(config, "to_dict"):
         raise PlanError(f"the plan removes attention heads of {heads[0]}, whose attributes shear-graph rebuilds "
                         f"from a transformers config, but {type(base).__name__} has no .config: leave its "
