@@ -1,7 +1,8 @@
 """The fast CI slice of the soundness fuzzer (issue 20): random small programs
 over the rule table's op families; every offered group prunes exactly and runs,
 or is refused without changing the model. Size it with SHEAR_FUZZ_PROGRAMS
-(default 24, about a minute on 2 cores: export costs about a second a program); the long run is benchmarks/fuzz_engine.py."""
+(default 24: each program is one torch.export); the long run is
+benchmarks/fuzz_engine.py."""
 import os
 
 import pytest
