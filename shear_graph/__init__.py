@@ -22,8 +22,9 @@ __all__ += ["PrunePlan", "GroupRemoval", "plan_by_magnitude", "plan_by_saliency"
             "count_params",
             "apply_plan", "mask_plan", "save_pruned", "load_pruned", "compensate_plan", "Compensation"]
 from .queries import groups_of_param, module_neighbors, module_nodes, path_between  # noqa: E402
+from .explain import Explanation, explain  # noqa: E402
 
-__all__ += ["module_nodes", "module_neighbors", "groups_of_param", "path_between"]
+__all__ += ["module_nodes", "module_neighbors", "groups_of_param", "path_between", "explain", "Explanation"]
 from .data import Blocks, DataError, DataSplit, Domain, default_domains, domain_from_dataset, domain_from_file, make_blocks  # noqa: E402,E501
 from .self_text import domain_from_model  # noqa: E402
 from .knowledge import Cluster, KnowledgeMap, analyze_knowledge, held_out_loss  # noqa: E402

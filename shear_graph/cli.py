@@ -108,20 +108,26 @@ def _check_out(out: Path, overwrite: bool, resume: bool | None = None, written=N
 
 
 @app.command()
-def groups(model: Optional[str] = typer.Argument(None, help="Local model folder; default: the embedded SmolLM2-135M")):
+def groups(model: Optional[str] = typer.Argument(None, help="Local model folder; default: the embedded SmolLM2-135M"),
+           explain: list[str] = typer.Option([], help="Also say, for this parameter, which dims are in groups and "
+                                                      "which op and module froze the rest (repeatable)")):
     """Trace MODEL and print its removal groups."""
     import shear_graph as sg
     from shear_graph.default_model import load_model
 
     try:
         m, _ = load_model(model)
-        gs = sg.find_groups(sg.trace(m))
+        graph = sg.trace(m)
+        gs = sg.find_groups(graph)
+        explained = [sg.explain(graph, p) for p in explain]
     except sg.ShearGraphError as e:
         _fail(str(e))
     typer.echo(f"{'group':<24} {'kind':<15} {'layer':>5} {'channels':>8}  params per channel")
     for g in gs:
         per = sum(s.width * _other_dims(m, s) for s in g.slices)
         typer.echo(f"{g.id:<24} {g.kind:<15} {str(g.layer):>5} {g.n_channels:>8}  {per}")
+    for e in explained:
+        typer.echo(f"\n{e}")
 
 
 def _other_dims(model, s) -> int:

@@ -68,10 +68,11 @@ class DimSpace:
     def tie_indices(self, a: DimKey, ia, b: DimKey, ib) -> None:
         self._edges.append((a, np.asarray(ia, dtype=np.int64), b, np.asarray(ib, dtype=np.int64)))
 
-    def freeze(self, key: DimKey) -> None:
+    def freeze(self, key: DimKey, reason=None) -> None:
         """Mark every index of a dim as not removable (graph inputs and outputs,
-        buffers, index-dependent constants, inner dims of reshapes, gathers)."""
-        self._frozen.append(key)
+        buffers, index-dependent constants, inner dims of reshapes, gathers).
+        ``reason`` (any object) is kept for the components it freezes first."""
+        self._frozen.append((key, reason))
 
     def solve(self) -> "DimComponents":
         roots: dict = {}
@@ -91,10 +92,18 @@ class DimSpace:
         c = np.concatenate(cols)
         adj = coo_matrix((np.ones(len(r), dtype=np.int8), (r, c)), shape=(offset, offset))
         _, labels = connected_components(adj, directed=False)
-        frozen = np.zeros(labels.max() + 1 if offset else 0, dtype=bool)
-        for key in self._frozen:
-            frozen[labels[base[key]: base[key] + self.sizes[key]]] = True
-        return DimComponents(base=base, sizes=self.sizes, labels=labels, frozen=frozen)
+        n = labels.max() + 1 if offset else 0
+        frozen = np.zeros(n, dtype=bool)
+        why = np.full(n, -1, dtype=np.int64)
+        reasons = []
+        for key, reason in self._frozen:
+            comps = labels[base[key]: base[key] + self.sizes[key]]
+            fresh = comps[why[comps] < 0]
+            if len(fresh):
+                why[fresh] = len(reasons)
+                reasons.append((key, reason))
+            frozen[comps] = True
+        return DimComponents(base=base, sizes=self.sizes, labels=labels, frozen=frozen, why=why, reasons=reasons)
 
 
 @dataclass
@@ -105,6 +114,22 @@ class DimComponents:
     sizes: dict
     labels: np.ndarray
     frozen: np.ndarray
+    why: np.ndarray = None  # component -> index into reasons of the freeze that reached it first, -1 if none
+    reasons: list = field(default_factory=list)  # (dim key, reason) of each recorded freeze
+
+    def freeze(self, comps, key: DimKey, reason=None) -> None:
+        """Freeze components after solving (constants the rebuild cannot re-derive)."""
+        comps = np.asarray(comps)
+        fresh = comps[self.why[comps] < 0]
+        if len(fresh):
+            self.why[fresh] = len(self.reasons)
+            self.reasons.append((key, reason))
+        self.frozen[comps] = True
+
+    def reason(self, comp: int):
+        """``(dim key, reason)`` of the freeze that reached component ``comp``, or None."""
+        i = int(self.why[comp])
+        return self.reasons[i] if i >= 0 else None
 
     def of(self, key: DimKey) -> np.ndarray:
         """Component id of each index of ``key``: int64 array of shape [size]."""

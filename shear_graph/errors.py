@@ -5,6 +5,10 @@ class ShearGraphError(Exception):
     """Base class of every error shear-graph raises on bad input."""
 
 
+class ArgumentTypeError(ShearGraphError, TypeError):
+    """An argument is not of the type a function takes (a TypeError too, as before)."""
+
+
 class TraceError(ShearGraphError):
     """The model could not be exported to an FX graph."""
 

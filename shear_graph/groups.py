@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from .errors import ShearGraphError
+from .rebuild import SYNCED_MODULES
 from .rules import Propagation, _op_name, module_path
 from .trace import ShearGraph, is_adapter_param
 
@@ -126,10 +127,11 @@ def _freeze_boundary(prop: Propagation, sg: ShearGraph) -> None:
     )
     for node in sg.graph.nodes:
         if node.op == "placeholder" and node.name in fixed:
-            prop.freeze(prop.dims(node))
+            what = "a model input" if node.name in sig.user_inputs else "a buffer or constant"
+            prop.freeze(prop.dims(node), node, f"{what} (its shape is fixed)")
         elif node.op == "output":
             for out in node.args[0] if isinstance(node.args[0], (list, tuple)) else [node.args[0]]:
-                prop.freeze(prop.dims(out))
+                prop.freeze(prop.dims(out), node, "a model output (its shape is fixed)")
 
 
 def _norm_offset(node: torch.fx.Node) -> float:
@@ -152,10 +154,10 @@ _HEAD_PRESERVING = {"aten.reshape", "aten.view", "aten._unsafe_view", "aten.expa
                     "aten.clone", "aten.contiguous", "aten.alias", "aten.to", "aten._to_copy"}
 
 
-def _kv_heads(sdpa_node) -> int:
-    """KV heads of an attention: the head count of sdpa's key before any
+def _kv_heads(site) -> int:
+    """KV heads of an attention: the head count of its key before any
     repeat (``repeat_kv`` is unsqueeze, expand and reshape)."""
-    k = sdpa_node.args[1]
+    k = site.key
     val = k.meta["val"]
     per_head = val.shape[0] * val.shape[-2] * val.shape[-1]
     heads = val.numel() // per_head
@@ -207,9 +209,83 @@ def find_groups(graph: ShearGraph) -> list:
     """
     if not isinstance(graph, ShearGraph):
         raise TypeError(f"find_groups takes the ShearGraph from sg.trace(model), got {type(graph).__name__}")
+    return _find(graph)[0]
+
+
+def _module_class(node) -> str:
+    stack = node.meta.get("nn_module_stack") or {}
+    cls = list(stack.values())[-1][1] if stack else ""
+    return cls if isinstance(cls, str) else f"{cls.__module__}.{cls.__qualname__}"
+
+
+def _resolve_constants(prop: Propagation, comps, head_comps: dict) -> None:
+    """Freeze the dims whose sizes are constants of the program, unless the
+    rebuild re-derives them: shape attributes of the torch layers that
+    :func:`~shear_graph.rebuild.sync_shape_attributes` reads back from weights,
+    and the head counts of attention modules rebuilt from the derived config."""
+    for node, keys, why in prop.constants:
+        cls = _module_class(node)
+        weightless_norm = _op_name(node.target) in ("aten.layer_norm", "aten.rms_norm") and (
+            len(node.args) < 3 or node.args[2] is None)
+        if cls.startswith(SYNCED_MODULES) and not weightless_norm:
+            continue
+        mod = module_path(node)
+        att = next((m for m in head_comps if mod == m or mod.startswith(m + ".")), None)
+        for key in keys:
+            c = comps.of(key)
+            live = np.unique(c[~comps.frozen[c]])
+            if not len(live) or (att is not None and np.isin(live, head_comps[att]).all()):
+                continue
+            comps.freeze(live, key, (node.name, mod, _op_name(node.target),
+                                     f"{why}: size {prop.size(key)} is a constant of the program that "
+                                     "the rebuild cannot re-derive"))
+
+
+def _check_reductions(prop: Propagation, comps, norm_modules: dict) -> None:
+    """A reduction over removable channels changes when they are removed; only
+    the norms the rebuild compensates (RMSNorm by rescaling, LayerNorm with its
+    documented approximation) may reduce over a group."""
+    for node, key, kind in prop.reductions:
+        c = comps.of(key)
+        live = np.unique(c[~comps.frozen[c]])
+        if not len(live):
+            continue
+        mod = module_path(node)
+        if kind in ("aten.mean", "aten.rms_norm", "aten.layer_norm", "aten.var"):
+            ok = np.array([mod in norm_modules.get(int(x), ()) for x in live])
+            live = live[~ok]
+        if len(live):
+            comps.freeze(live, key, (node.name, mod, kind, f"{kind.split('.')[-1]} reduces over this dim and no "
+                                     "norm weight of the same module can compensate the removal"))
+
+
+def _solve(graph: ShearGraph):
+    """Propagate, solve and apply the soundness checks: ``(prop, comps, head_info)``."""
     prop = Propagation(graph.graph).run()
     _freeze_boundary(prop, graph)
     comps = prop.space.solve()
+    head_info, head_comps = {}, {}
+    for key, site in prop.head_dims:
+        q = site.query.meta["val"]
+        info = AttentionInfo(site.module, int(q.shape[-3]), _kv_heads(site), int(q.shape[-1]))
+        cs = np.unique(comps.of(key))
+        head_comps[site.module] = np.union1d(head_comps.get(site.module, np.zeros(0, np.int64)), cs)
+        for c in cs:
+            head_info[int(c)] = info
+    _resolve_constants(prop, comps, head_comps)
+    norm_modules: dict = {}  # component -> modules owning a 1-D parameter (norm weight) in it
+    placeholders = {n.name: n for n in graph.graph.nodes if n.op == "placeholder"}
+    for ph, pname in graph.param_names.items():
+        node = placeholders[ph]
+        if node.meta["val"].dim() == 1 and node.users:
+            for c in np.unique(comps.of((ph, 0, 0))):
+                norm_modules.setdefault(int(c), set()).add(pname.rsplit(".", 1)[0])
+    _check_reductions(prop, comps, norm_modules)
+    return prop, comps, head_info
+
+
+def _find(graph: ShearGraph):
+    prop, comps, head_info = _solve(graph)
     placeholders = {n.name: n for n in graph.graph.nodes if n.op == "placeholder"}
 
     # one entry per (component, parameter dim, index)
@@ -226,7 +302,7 @@ def find_groups(graph: ShearGraph) -> list:
             idxs.append(np.arange(len(lab), dtype=np.int64))
             slots.append((pname, d, node))
     if not slots:
-        return []
+        return [], prop, comps
     lab, sid, idx = (np.concatenate(x) for x in (labs, sids, idxs))
     base_slot = np.array([not is_adapter_param(p) for p, _, _ in slots])
     keep = ~comps.frozen[lab]
@@ -236,6 +312,8 @@ def find_groups(graph: ShearGraph) -> list:
     lab, sid, idx = lab[keep], sid[keep], idx[keep]
     order = np.lexsort((idx, sid, lab))
     lab, sid, idx = lab[order], sid[order], idx[order]
+    if not len(lab):
+        return [], prop, comps
 
     # a component's signature: which slots it touches and how many indices each
     pair_start = np.flatnonzero(np.r_[True, (lab[1:] != lab[:-1]) | (sid[1:] != sid[:-1])])
@@ -248,12 +326,6 @@ def find_groups(graph: ShearGraph) -> list:
         key = (tuple(pair_sid[a:b].tolist()), tuple(pair_cnt[a:b].tolist()))
         sig_of_comp.setdefault(key, []).append(pair_lab[a])
 
-    head_info = {}
-    for key, node in prop.head_dims:
-        q, k = node.args[0].meta["val"], node.args[1].meta["val"]
-        info = AttentionInfo(module_path(node), int(q.shape[-3]), _kv_heads(node), int(q.shape[-1]))
-        for c in np.unique(comps.of(key)):
-            head_info[int(c)] = info
     embed_tables = {
         n.args[0].name for n in graph.graph.nodes
         if n.op == "call_function" and _op_name(n.target) == "aten.embedding"
@@ -319,7 +391,7 @@ def find_groups(graph: ShearGraph) -> list:
         n = seen.get(base, 0)
         seen[base] = n + 1
         g.id = base if n == 0 else f"{base}.{n}"
-    return groups
+    return groups, prop, comps
 
 
 def group_counts(groups: list) -> dict:

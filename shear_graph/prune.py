@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from .compensate import add_biases, check_compensation
+from .errors import PlanError
 from .plan import PrunePlan
 from .rebuild import derive_attention, intermediate_key, sync_shape_attributes
 from .trace import base_model_of
@@ -96,7 +97,10 @@ def apply_plan(model: nn.Module, plan: PrunePlan, inplace: bool = False, compens
     Raises
     ------
     PlanError
-        If the plan was made for a different model structure, or ``compensate`` for another plan.
+        If the plan was made for a different model structure, ``compensate`` for
+        another plan, or a module cannot be rebuilt for its pruned widths (the
+        message names it). On any error the input model is left exactly as it
+        was, ``inplace`` or not.
     ShearGraphError
         ``compensate`` not a Compensation.
     """
@@ -104,7 +108,44 @@ def apply_plan(model: nn.Module, plan: PrunePlan, inplace: bool = False, compens
     plan.check_model(model)
     check_compensation(compensate, plan)
     removed = plan.removed_indices()
-    out = model if inplace else _copy_except(model, removed)
+    if not inplace:
+        return _prune(model, _copy_except(model, removed), plan, removed, compensate)
+    saved = _snapshot(model)
+    try:
+        return _prune(model, model, plan, removed, compensate)
+    except BaseException:
+        _restore(saved)
+        raise
+
+
+def _snapshot(model: nn.Module) -> list:
+    """What apply_plan may change in place: every module's attributes,
+    parameters, buffers and children, and the config's fields. Parameters
+    are replaced, never written to, so references suffice for them."""
+    saved = [(m, dict(vars(m)), dict(m._parameters), dict(m._buffers), dict(m._modules)) for m in model.modules()]
+    config = getattr(base_model_of(model), "config", None)
+    return saved + ([(config, copy.deepcopy(vars(config)))] if config is not None else [])
+
+
+def _restore(saved: list) -> None:
+    for entry in saved:
+        obj, attrs = entry[0], entry[1]
+        vars(obj).clear()
+        vars(obj).update(attrs)
+        for live, old in zip((getattr(obj, "_parameters", None), getattr(obj, "_buffers", None),
+                              getattr(obj, "_modules", None)), entry[2:]):
+            live.clear()
+            live.update(old)
+
+
+def _prune(model: nn.Module, out: nn.Module, plan: PrunePlan, removed: dict, compensate) -> nn.Module:
+    base = base_model_of(out)
+    config = getattr(base, "config", None)
+    heads = sorted({plan.groups[r.group]["module"] for r in plan.removals if r.kind == "attention_head"})
+    if heads and not hasattr(config, "to_dict"):
+        raise PlanError(f"the plan removes attention heads of {heads[0]}, whose attributes shear-graph rebuilds "
+                        f"from a transformers config, but {type(base).__name__} has no .config: leave its "
+                        "attention_head groups out of the plan (prune FFN and hidden groups only)")
     named = dict(out.named_parameters(remove_duplicate=False))
     done: dict = {}
     with torch.no_grad():
@@ -118,14 +159,14 @@ def apply_plan(model: nn.Module, plan: PrunePlan, inplace: bool = False, compens
                     w = w.index_select(d, keep.nonzero().squeeze(1).to(w.device))
                 done[id(p)] = nn.Parameter(w, requires_grad=p.requires_grad)  # index_select copied already
             _set_param(out, name, done[id(p)])
-    if not inplace:
+    if out is not model:
         _unshare(model, out)
     norm_eps = _rescale_rms_norms(out, plan)
     sync_shape_attributes(out)
-    base = base_model_of(out)
-    attention = derive_config(base.config, plan, norm_eps)
-    derive_attention(out, base.config, attention)
-    base.config.shear_graph["scalar_buffers"] = _scalar_buffers(base)
+    if hasattr(config, "to_dict"):
+        attention = derive_config(config, plan, norm_eps)
+        derive_attention(out, config, attention)
+        config.shear_graph["scalar_buffers"] = _scalar_buffers(base)
     if compensate is not None:
         add_biases(out, plan, compensate, pruned=True)
     return out
@@ -200,7 +241,9 @@ def _rescale_rms_norms(model: nn.Module, plan: PrunePlan) -> dict:
                 done.add(name)
                 p = params[name]
                 n = next(s["size"] for s in r.slices if s["param"] == name)
-                p.copy_((p + offset) * math.sqrt(n / p.shape[0]) - offset)
+                # a new tensor, not copy_: the input model may still hold this one
+                _set_param(model, name, nn.Parameter((p + offset) * math.sqrt(n / p.shape[0]) - offset,
+                                                     requires_grad=p.requires_grad))
                 owner = name.rpartition(".")[0]
                 module = model.get_submodule(owner)
                 attr = next((a for a in EPS_ATTRS if isinstance(getattr(module, a, None), float)), None)

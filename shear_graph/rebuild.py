@@ -13,13 +13,21 @@ import re
 import torch
 from torch import nn
 
+from .errors import PlanError
+
 INTERMEDIATE_KEYS = ("intermediate_size", "ffn_dim", "n_inner")
 _INDEX = re.compile(r"\.(\d+)(?:\.|$)")
+# Layers whose shape attributes sync_shape_attributes reads back from their
+# weights: sizes these modules hold are re-derived, not constants
+# (prefixes of the qualified class names torch.export records).
+SYNCED_MODULES = ("torch.nn.modules.linear.Linear", "torch.nn.modules.sparse.Embedding",
+                  "torch.nn.modules.normalization.LayerNorm", "torch.nn.modules.normalization.RMSNorm",
+                  "transformers.pytorch_utils.Conv1D", "peft.tuners.lora.layer.")
 
 
 def sync_shape_attributes(model: nn.Module) -> None:
     """Set the size attributes of standard layers from their weight shapes
-    (``nn.Linear``, ``nn.Embedding``, ``nn.LayerNorm``, transformers ``Conv1D``,
+    (``nn.Linear``, ``nn.Embedding``, ``nn.LayerNorm``, ``nn.RMSNorm``, transformers ``Conv1D``,
     and peft LoRA wrappers, which read ``in_features``/``out_features``)."""
     for m in model.modules():
         w = getattr(m, "weight", None)
@@ -27,7 +35,7 @@ def sync_shape_attributes(model: nn.Module) -> None:
             m.out_features, m.in_features = w.shape
         elif isinstance(m, nn.Embedding):
             m.num_embeddings, m.embedding_dim = w.shape
-        elif isinstance(m, nn.LayerNorm) and w is not None:
+        elif isinstance(m, (nn.LayerNorm, nn.RMSNorm)) and w is not None:
             m.normalized_shape = tuple(w.shape)
         elif type(m).__name__ == "Conv1D" and w is not None:
             m.nx, m.nf = w.shape
@@ -86,7 +94,13 @@ def derive_attention(model: nn.Module, config, attention: dict) -> None:
     modules = dict(model.named_modules())
     for path, a in attention.items():
         cfg = attention_config(config, a["num_heads"], a["num_kv_heads"], a["head_dim"])
-        derive_module_attributes(modules[path], cfg, layer_index(path))
+        try:
+            derive_module_attributes(modules[path], cfg, layer_index(path))
+        except Exception as e:  # any constructor error: the user needs the module, not the stack
+            raise PlanError(
+                f"attention module '{path}' ({type(modules[path]).__name__}) cannot be rebuilt for "
+                f"{a['num_heads']} heads: {e}. Leave its attention_head group out of the plan (prune FFN and "
+                "hidden groups only), or give the module a constructor taking (config, layer_idx)") from e
 
 
 def intermediate_key(config, original: int):

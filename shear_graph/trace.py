@@ -12,7 +12,7 @@ import networkx as nx
 import torch
 from torch.export import ExportedProgram
 
-from .errors import TraceError
+from .errors import ArgumentTypeError, ShearGraphError, TraceError
 
 ADAPTER_MARKERS = (".lora_A.", ".lora_B.", ".lora_embedding_A.", ".lora_embedding_B.", ".lora_magnitude_vector.")
 
@@ -105,18 +105,54 @@ def _model_from_config(config) -> torch.nn.Module:
     raise TraceError(f"no transformers model class for config {type(config).__name__}")
 
 
-def example_inputs(model: torch.nn.Module, batch: int = 2, seq_len: int = 7) -> dict:
+def _vocab_size(model: torch.nn.Module) -> int:
+    config = getattr(model, "config", None)
+    vocab = getattr(config, "vocab_size", None)
+    if vocab:
+        return int(vocab)
+    emb = next((m for m in model.modules() if isinstance(m, torch.nn.Embedding)), None)
+    return emb.num_embeddings if emb is not None else 2
+
+
+def default_inputs(model: torch.nn.Module, batch: int = 2, seq_len: int = 7) -> dict:
     """Keyword inputs used for tracing: random ``input_ids`` [batch, seq_len] on
     the model's device, plus ``use_cache=False`` where the forward takes it (a
-    cache object output cannot be exported)."""
+    cache object output cannot be exported).
+
+    Raises
+    ------
+    ShearGraphError
+        If the model has no parameters or its forward takes no ``input_ids``
+        (pass ``example_inputs=`` to :func:`trace` then).
+    """
     base = base_model_of(model)
-    p = next(base.parameters())
-    vocab = getattr(base.config, "vocab_size", 2) or 2
-    ids = torch.randint(0, min(vocab, 100), (batch, seq_len), device=p.device)
+    p = next(base.parameters(), None)
+    if p is None:
+        raise ShearGraphError(f"{type(base).__name__} has no parameters: there is nothing to prune")
+    params = inspect.signature(base.forward).parameters
+    takes_kwargs = any(v.kind is inspect.Parameter.VAR_KEYWORD for v in params.values())
+    if "input_ids" not in params and not takes_kwargs:
+        raise ShearGraphError(
+            f"{type(base).__name__}.forward takes no input_ids (it takes {', '.join(params) or 'nothing'}): "
+            "pass your own inputs, e.g. sg.trace(model, example_inputs=(x,)) or example_inputs={'x': x}")
+    ids = torch.randint(0, min(_vocab_size(base), 100), (batch, seq_len), device=p.device)
     kwargs = {"input_ids": ids}
-    if "use_cache" in inspect.signature(base.forward).parameters:
+    if "use_cache" in params:
         kwargs["use_cache"] = False
     return kwargs
+
+
+def _user_inputs(example) -> tuple:
+    """``(args, kwargs)`` from trace's ``example_inputs``: a tensor, a tuple of
+    positional inputs, or a dict of keyword inputs."""
+    if isinstance(example, torch.Tensor):
+        return (example,), {}
+    if isinstance(example, dict):
+        return (), dict(example)
+    if isinstance(example, (list, tuple)):
+        return tuple(example), {}
+    raise ShearGraphError(f"example_inputs must be a tensor, a tuple of inputs or a dict of keyword inputs, "
+                          f"got {type(example).__name__}")
 
 
 # torch.export wraps code run under another grad mode or autocast state in a
@@ -177,7 +213,7 @@ def inline_mode_regions(gm: torch.fx.GraphModule) -> int:
         count += 1
 
 
-def trace(model_or_config, *, batch: int = 2, seq_len: int = 7) -> ShearGraph:
+def trace(model_or_config, example_inputs=None, *, batch: int = 2, seq_len: int = 7, **kwargs) -> ShearGraph:
     """Export a model to a :class:`ShearGraph`.
 
     Parameters
@@ -186,9 +222,15 @@ def trace(model_or_config, *, batch: int = 2, seq_len: int = 7) -> ShearGraph:
         A transformers model, possibly wrapped by ``peft.get_peft_model``, on
         any device (``meta`` included); or a config, from which the model is
         built on the meta device (no weights: a 70B config traces in minutes).
+    example_inputs : torch.Tensor, tuple or dict, optional
+        The inputs to trace with, for models that are not ``input_ids``-driven
+        language models: a tensor, a tuple of positional inputs or a dict of
+        keyword inputs. Default: random ``input_ids`` [batch, seq_len].
     batch, seq_len : int
         Shape of the random ``input_ids`` used to trace. Shapes do not affect
         the groups found.
+    **kwargs
+        Further keyword inputs of the model's forward (added to ``example_inputs``).
 
     Returns
     -------
@@ -198,8 +240,9 @@ def trace(model_or_config, *, batch: int = 2, seq_len: int = 7) -> ShearGraph:
     ------
     TraceError
         If ``torch.export`` fails; the message carries export's reason.
-    TypeError
-        If the argument is neither a module nor a config.
+    ShearGraphError
+        If the argument is neither a module nor a config, or the model cannot
+        be traced without ``example_inputs`` (no parameters, no ``input_ids``).
 
     Examples
     --------
@@ -216,19 +259,27 @@ def trace(model_or_config, *, batch: int = 2, seq_len: int = 7) -> ShearGraph:
     elif isinstance(model_or_config, torch.nn.Module):
         model = model_or_config
     else:
-        raise TypeError(
-            f"trace() takes a transformers model or config, got {type(model_or_config).__name__}"
+        raise ArgumentTypeError(
+            f"trace() takes a transformers model or config (or any torch model with example_inputs=), "
+            f"got {type(model_or_config).__name__}"
         )
-    kwargs = example_inputs(model, batch, seq_len)
+    if example_inputs is None and not kwargs:
+        args, kwargs = (), default_inputs(model, batch, seq_len)
+    else:
+        args, user_kwargs = _user_inputs(example_inputs) if example_inputs is not None else ((), {})
+        kwargs = {**user_kwargs, **kwargs}
+        if "use_cache" in inspect.signature(base_model_of(model).forward).parameters:
+            kwargs.setdefault("use_cache", False)  # a cache object output cannot be exported
     was_training = model.training
     model.eval()
     try:
-        program = torch.export.export(model, (), kwargs, strict=False)
+        program = torch.export.export(model, args, kwargs, strict=False)
     except Exception as e:  # export raises many types; the user needs the reason
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise TraceError(
             f"torch.export could not trace {type(model).__name__}: {first}. "
-            "Check that model(input_ids=...) runs; custom ops need a torch.export-compatible version."
+            "Check that the model runs on these inputs (model(input_ids=...) unless you pass example_inputs=); "
+            "custom ops need a torch.export-compatible version."
         ) from e
     finally:
         model.train(was_training)
@@ -239,7 +290,7 @@ def trace(model_or_config, *, batch: int = 2, seq_len: int = 7) -> ShearGraph:
         names.setdefault(id(p), []).append(name)
     aliases = {n: ns for ns in names.values() for n in ns}
     base = base_model_of(model)
-    config = base.config.to_dict() if hasattr(base, "config") else {}
+    config = base.config.to_dict() if hasattr(getattr(base, "config", None), "to_dict") else {}
     return ShearGraph(
         program=program,
         param_names=dict(program.graph_signature.inputs_to_parameters),

@@ -34,6 +34,15 @@ def test_groups_of_a_model_folder(tiny_folder):
     assert "attention_head.L1" in result.output and "hidden" in result.output
 
 
+def test_groups_explains_a_parameter(tiny_folder):
+    result = run("groups", tiny_folder, "--explain", "model.embed_tokens.weight")
+    assert result.exit_code == 0, result.output
+    assert "dim 0 (size 128): 0 removable" in result.output
+    assert "frozen by aten.embedding in module 'model.embed_tokens'" in result.output
+    bad = run("groups", tiny_folder, "--explain", "model.embed_tokens")
+    assert bad.exit_code == 2 and "not a parameter of the traced model" in bad.output
+
+
 def test_output_overlapping_the_input_is_refused(tiny_folder):
     for out in (tiny_folder, tiny_folder / "sub", tiny_folder.parent):
         result = run("oneshot", tiny_folder, "--out", out, "--overwrite")
