@@ -293,4 +293,4 @@ def lhspg_prune(model: nn.Module, blocks: torch.Tensor, ratio: float, *, knowled
     plan = PrunePlan.from_channels(merged, merged_groups, pruned_channels,
                                    method=f"lhspg({saliency}, ratio={ratio}, periods={n_periods})")
     return LHSPGResult(merged, plan, history, periods, steps * batch_size * blocks.shape[1],
-                       time.perf_counter() - start, {**run, "projected": opt.schedule["projected"]})
+                       time.perf_counter() - start, {**run, "projected": opt.projected})

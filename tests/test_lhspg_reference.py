@@ -24,12 +24,12 @@ CASES = {
 
 
 def trained_model():
-    """The conftest ``trained`` model, rebuilt here so the recording script needs no pytest."""
+    """A tiny llama briefly fitted to the pattern (a shorter run than conftest's ``trained``)."""
     model = build("llama")
     model.train()
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
     data = pattern_blocks(256, seed=1)
-    for i in range(150):
+    for i in range(30):
         ids = data[(i * 8) % 256:(i * 8) % 256 + 8]
         opt.zero_grad()
         model(input_ids=ids, labels=ids).loss.backward()
