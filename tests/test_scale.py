@@ -54,3 +54,25 @@ def test_recovery_in_place_trains_the_model_itself_to_the_same_weights():
     assert result.model is same
     for k, v in copied.model.state_dict().items():
         torch.testing.assert_close(same.state_dict()[k], v, atol=1e-5, rtol=0)
+
+
+def test_dim_solve_labels_equal_the_solve_with_the_identity_diagonal():
+    """The solve leaves out the identity diagonal to save memory at 405B; every
+    index keeps the component label it had with it (so groups are unchanged)."""
+    import numpy as np
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    from shear_graph.rules import Propagation
+
+    model = build("llama", lora=True)
+    prop = Propagation(sg.trace(model).graph).run()
+    space = prop.space
+    comps = space.solve()
+    offset = len(comps.labels)
+    rows = [np.arange(offset)] + [comps.base[a] + ia for a, ia, _, _ in space._edges]
+    cols = [np.arange(offset)] + [comps.base[b] + ib for _, _, b, ib in space._edges]
+    r, c = np.concatenate(rows), np.concatenate(cols)
+    _, want = connected_components(coo_matrix((np.ones(len(r), dtype=np.int8), (r, c)), shape=(offset, offset)),
+                                   directed=False)
+    assert space._edges and np.array_equal(comps.labels, want)
