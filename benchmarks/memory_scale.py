@@ -57,24 +57,30 @@ def lora_params(cfg: dict, rank: int = 8) -> int:
 
 
 def predict(cfg: dict, dtype_bytes: int, tokens: int, checkpointing: bool, rank: int = 8) -> dict:
-    """Peak bytes of the main job by the memory model of docs/scale.md.
+    """Peak bytes of the main job by the memory model of docs/scale.md: the larger of
 
-    ``weights``: the dense model (teacher and source of every stage) plus one working
-    model plus the Taylor gradient of the working model's base weights (in its dtype)
-    at a saliency pass: ``3 W``. ``lora``: factors, gradients and AdamW's two moments,
-    float32. ``activations``: per token and decoder layer ``10 h + 4 f`` stored values
-    (``h`` without checkpointing, plus one layer's when recomputed), in the dtype;
-    ``logits``: per token the vocabulary in the dtype and three float32 copies (the
-    upcast, log-softmax and its gradient).
+    * a training step (LHSPG or recovery): the dense model and one working model
+      (``2 W``), the LoRA state (factors, gradients, AdamW's two moments, float32),
+      the stored activations (with ``checkpointing``: each layer's input plus one
+      layer's) and the logits;
+    * a Taylor saliency pass (knowledge analysis, each LHSPG period's selection), in
+      eval mode so never checkpointed: ``2 W`` plus one gradient of the base weights
+      in their dtype (``3 W``), every layer's activations and the logits.
+
+    Per token and decoder layer ``10 h + 4 f`` stored values in the dtype; logits:
+    per token the vocabulary in the dtype and three float32 copies (upcast,
+    log-softmax, its gradient).
     """
     h, f, n, v = cfg["hidden_size"], cfg["intermediate_size"], cfg["num_hidden_layers"], cfg["vocab_size"]
     w = n_params(cfg) * dtype_bytes
     per_layer = (10 * h + 4 * f) * dtype_bytes * tokens
-    act = (n * h * dtype_bytes * tokens + per_layer) if checkpointing else n * per_layer
-    out = {"weights": 3 * w, "lora": 16 * lora_params(cfg, rank), "activations": act,
-           "logits": tokens * v * (dtype_bytes + 12)}
-    out["total"] = sum(out.values())
-    return out
+    full = n * per_layer
+    logits = tokens * v * (dtype_bytes + 12)
+    train = {"weights": 2 * w, "lora": 16 * lora_params(cfg, rank),
+             "activations": (n * h * dtype_bytes * tokens + per_layer) if checkpointing else full, "logits": logits}
+    saliency = {"weights": 3 * w, "lora": 16 * lora_params(cfg, rank), "activations": full, "logits": logits}
+    out = max(train, saliency, key=lambda d: sum(d.values()))
+    return {**out, "phase": "training step" if out is train else "saliency pass", "total": sum(out.values())}
 
 
 CHILD = r"""
@@ -125,7 +131,8 @@ def gpu_predictions() -> list:
     for name in ("llama-2-7b", "llama-3-8b"):
         p = predict(LLAMA[name], 2, 2048, checkpointing=True)
         rows.append({"config": name, "dtype": "bfloat16", "tokens_per_step": 2048, "checkpointing": True,
-                     "params": n_params(LLAMA[name]), **{k: round(v / GB, 2) for k, v in p.items()},
+                     "params": n_params(LLAMA[name]), "phase": p.pop("phase"),
+                     **{k: round(v / GB, 2) for k, v in p.items()},
                      "fits_80gb": p["total"] < 80e9 * 0.95})
     return rows
 
@@ -152,7 +159,7 @@ def main() -> None:
                 RESULTS.write_text(json.dumps(saved, indent=1))
     for row in gpu_predictions():
         print(f"{row['config']} bf16, 1 x 2048 tokens, checkpointing: predicted peak {row['total']:.1f} GB "
-              f"(weights x3 {row['weights']:.1f}, activations {row['activations']:.1f}, logits {row['logits']:.1f},"
+              f"at a {row['phase']} (weights {row['weights']:.1f}, activations {row['activations']:.1f}, logits {row['logits']:.1f},"
               f" LoRA state {row['lora']:.2f}); fits 80 GB: {row['fits_80gb']}")
 
 
