@@ -76,3 +76,10 @@ def test_dim_solve_labels_equal_the_solve_with_the_identity_diagonal():
     _, want = connected_components(coo_matrix((np.ones(len(r), dtype=np.int8), (r, c)), shape=(offset, offset)),
                                    directed=False)
     assert space._edges and np.array_equal(comps.labels, want)
+
+
+def test_group_indices_stay_int64_after_the_int32_solve():
+    import numpy as np
+
+    groups = sg.find_groups(sg.trace(build("llama", lora=True)))
+    assert groups and all(s.indices.dtype == np.int64 for g in groups for s in g.slices)
