@@ -23,6 +23,8 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
+# this checkout's shear_graph, not an installed one (a script's sys.path starts at its own folder)
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from lhspg_step import step_times  # noqa: E402
 
 LLAMA_2_7B = dict(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32,

@@ -17,9 +17,14 @@ import copy
 import json
 import os
 import statistics
+import sys
 import time
+from pathlib import Path
 
 import torch
+
+# this checkout's shear_graph, not an installed one (a script's sys.path starts at its own folder)
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 def _sync(device: torch.device) -> None:

@@ -113,7 +113,7 @@ def measure(name: str, dtype: str) -> dict:
 
     tok_dir = next(p for p in cache_dir().iterdir() if (p / "tokenizer.json").is_file())
     out = subprocess.run([sys.executable, "-c", CHILD, json.dumps(LLAMA[name]), dtype, json.dumps(JOB), str(tok_dir)],
-                         capture_output=True, text=True)
+                         capture_output=True, text=True, cwd=HERE.parent)  # this checkout's shear_graph
     if out.returncode:
         raise SystemExit(f"{name} {dtype} failed:\n{out.stderr[-3000:]}")
     r = json.loads(out.stdout.strip().splitlines()[-1])
