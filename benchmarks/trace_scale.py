@@ -2,9 +2,10 @@
 device; print wall time and peak RSS of each (one child process per config, so
 peaks do not mix).
 
-    .venv/bin/python benchmarks/trace_scale.py [7b|70b ...]
+    .venv/bin/python benchmarks/trace_scale.py [7b|70b|405b ...]
 
-Floors on a 2-core CPU machine (issue 2): 7B <= 30 s and <= 2 GB; 70B <= 5 min.
+Floors on a 2-core CPU machine (issue 2): 7B <= 30 s and <= 2 GB; 70B <= 5 min;
+(issue 22) Llama-3.1-405B <= 2 min and <= 4 GB.
 """
 from __future__ import annotations
 
@@ -17,6 +18,8 @@ CONFIGS = {
                num_key_value_heads=32, vocab_size=32000),
     "70b": dict(hidden_size=8192, intermediate_size=28672, num_hidden_layers=80, num_attention_heads=64,
                 num_key_value_heads=8, vocab_size=128256, rope_theta=500000.0),
+    "405b": dict(hidden_size=16384, intermediate_size=53248, num_hidden_layers=126, num_attention_heads=128,
+                 num_key_value_heads=8, vocab_size=128256, rope_theta=500000.0),
 }
 
 CHILD = r"""
@@ -43,7 +46,7 @@ print(json.dumps({
 
 
 def main(names):
-    for name in names or CONFIGS:
+    for name in names or ["7b", "70b"]:  # 405b on request: minutes and GBs
         out = subprocess.run([sys.executable, "-c", CHILD, json.dumps(CONFIGS[name])],
                              capture_output=True, text=True)
         if out.returncode:

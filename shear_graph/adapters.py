@@ -2,10 +2,17 @@
 from __future__ import annotations
 
 import warnings
+from contextlib import contextmanager
 
 from torch import nn
 
 from .errors import ShearGraphError
+
+# Above this many parameters training recomputes each decoder layer's activations in
+# the backward pass (gradient checkpointing): at 1 x 2048 tokens a 7B Llama's stored
+# activations drop from about 9 GB to under 1 GB for about a third more compute;
+# below it the activations are small beside the two copies of the weights.
+CHECKPOINTING_ABOVE = 2_000_000_000
 
 
 def lora_targets(model: nn.Module) -> list:
@@ -48,3 +55,31 @@ def add_lora(model: nn.Module, rank: int = 8, alpha: float = 16, target_modules=
     with warnings.catch_warnings():  # peft reads transformers' deprecated alias; the user can do nothing about it
         warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
         return get_peft_model(model, config)
+
+
+def wants_checkpointing(model: nn.Module, enabled: bool | None) -> bool:
+    """``enabled``, or when None whether ``model`` has more than
+    :data:`CHECKPOINTING_ABOVE` parameters and transformers can checkpoint it."""
+    if enabled is None:
+        enabled = sum(p.numel() for p in model.parameters()) > CHECKPOINTING_ABOVE
+    return bool(enabled) and bool(getattr(model, "supports_gradient_checkpointing", False))
+
+
+@contextmanager
+def gradient_checkpointing(model: nn.Module, enabled: bool | None = None):
+    """Turn transformers' gradient checkpointing on for ``model`` (a transformers
+    model, before or after peft wraps it) for the block, off again after.
+
+    ``enabled`` None: on above :data:`CHECKPOINTING_ABOVE` parameters. Non-reentrant
+    checkpointing, so frozen embeddings need no ``enable_input_require_grads``.
+    Yields whether it is on.
+    """
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    on = wants_checkpointing(base, enabled)
+    if on:
+        base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    try:
+        yield on
+    finally:
+        if on:
+            base.gradient_checkpointing_disable()

@@ -290,20 +290,26 @@ def _find(graph: ShearGraph):
 
     # one entry per (component, parameter dim, index)
     slots = []  # (param name, dim, placeholder)
-    labs, sids, idxs = [], [], []
+    labs = []
     for ph, pname in graph.param_names.items():
         node = placeholders[ph]
         if not node.users:  # the unused twin of a tied parameter: its alias carries the flow
             continue
         for d in range(node.meta["val"].dim()):
-            lab = comps.of((ph, 0, d))
-            labs.append(lab)
-            sids.append(np.full(len(lab), len(slots), dtype=np.int64))
-            idxs.append(np.arange(len(lab), dtype=np.int64))
+            labs.append(comps.of((ph, 0, d)))
             slots.append((pname, d, node))
     if not slots:
         return [], prop, comps
-    lab, sid, idx = (np.concatenate(x) for x in (labs, sids, idxs))
+    # int32 index arrays (a 405B model has about 4e7 parameter-dim indices: int64 copies
+    # of these arrays were most of the memory of finding its groups); the slices' own
+    # indices are int64 again below
+    lengths = np.array([len(x) for x in labs], dtype=np.int64)
+    lab = np.concatenate(labs)
+    del labs
+    itype = np.int32 if len(lab) < 2 ** 31 else np.int64
+    sid = np.repeat(np.arange(len(slots), dtype=np.int32), lengths)
+    idx = np.arange(len(lab), dtype=itype)
+    idx -= np.repeat((np.cumsum(lengths) - lengths).astype(itype), lengths)
     base_slot = np.array([not is_adapter_param(p) for p, _, _ in slots])
     keep = ~comps.frozen[lab]
     has_base = np.zeros(len(comps.frozen), dtype=bool)
@@ -345,7 +351,7 @@ def _find(graph: ShearGraph):
         offset = 0
         for s, w in zip(slot_ids, counts):
             cols = starts[:, None] + offset + np.arange(w)[None, :]
-            slices.append(ParamSlice(slots[s][0], slots[s][1], idx[cols]))
+            slices.append(ParamSlice(slots[s][0], slots[s][1], idx[cols].astype(np.int64)))
             offset += w
         order = np.argsort(slices[0].indices[:, 0])
         slices = [ParamSlice(s.param, s.dim, s.indices[order]) for s in slices]

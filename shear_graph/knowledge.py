@@ -8,7 +8,6 @@ marked unprunable: plans leave them whole.
 """
 from __future__ import annotations
 
-import copy
 import json
 import math
 import time
@@ -187,9 +186,10 @@ def analyze_knowledge(model: nn.Module, groups: list, saliency, eval_blocks: tor
                       progress: bool = True) -> KnowledgeMap:
     """Measure how much each group cluster matters.
 
-    Masking happens in place on one working copy of ``model``, slice by slice,
-    and is undone after each cluster, so memory stays at two models whatever
-    the number of clusters; ``model`` itself is not changed.
+    Masking happens in place on ``model`` itself, slice by slice, and each
+    cluster's masked values are copied back bit for bit after its evaluation
+    (and on any error), so the analysis needs no copy of the weights, only the
+    values of one cluster's masked channels; ``model`` is unchanged on return.
 
     Parameters
     ----------
@@ -223,9 +223,24 @@ def analyze_knowledge(model: nn.Module, groups: list, saliency, eval_blocks: tor
     if saliency.fingerprint != fingerprint(model):
         raise ShearGraphError("the saliency was computed on another model; compute it on this one")
     t0 = time.perf_counter()
-    work = copy.deepcopy(model).eval()
-    params = dict(work.named_parameters(remove_duplicate=False))
-    base = held_out_loss(work, eval_blocks, batch_size)
+    was_training = model.training
+    model.eval()
+    try:
+        base, clusters = _masked_losses(model, groups, saliency, eval_blocks, fraction, batch_size, progress)
+    finally:
+        model.train(was_training)
+    n_fixed = int(round(unprunable_ratio * len(clusters)))
+    for c in sorted(clusters, key=lambda c: -c.loss_delta)[:n_fixed]:
+        c.unprunable = True
+    return KnowledgeMap(type(model).__name__, fingerprint(model), saliency.method, fraction, unprunable_ratio, base,
+                        clusters, split or {}, {"analysis": round(time.perf_counter() - t0, 2)})
+
+
+def _masked_losses(model, groups, saliency, eval_blocks, fraction, batch_size, progress) -> tuple:
+    """The unmasked held-out loss and one :class:`Cluster` per cluster, each measured
+    with its lowest-saliency channels zeroed in ``model`` and restored afterwards."""
+    params = dict(model.named_parameters(remove_duplicate=False))
+    base = held_out_loss(model, eval_blocks, batch_size)
     clusters = []
     for cid, members in tqdm(clusters_of(groups).items(), desc="knowledge analysis", unit="cluster",
                               disable=not progress):
@@ -235,23 +250,21 @@ def analyze_knowledge(model: nn.Module, groups: list, saliency, eval_blocks: tor
             if k >= 1:
                 removed[g.id] = sorted(torch.argsort(torch.as_tensor(saliency.scores[g.id]))[:k].tolist())
         saved = []
-        with torch.no_grad():
-            for g in members:
-                if g.id not in removed:
-                    continue
-                for s in g.slices:
-                    p = params[s.param]
-                    idx = torch.as_tensor(s.indices[removed[g.id]].ravel(), device=p.device)
-                    saved.append((p, s.dim, idx, p.index_select(s.dim, idx).clone()))
-                    p.index_fill_(s.dim, idx, 0)
-        loss = held_out_loss(work, eval_blocks, batch_size)
-        with torch.no_grad():
-            for p, dim, idx, values in reversed(saved):
-                p.index_copy_(dim, idx, values)
+        try:
+            with torch.no_grad():
+                for g in members:
+                    if g.id not in removed:
+                        continue
+                    for s in g.slices:
+                        p = params[s.param]
+                        idx = torch.as_tensor(s.indices[removed[g.id]].ravel(), device=p.device)
+                        saved.append((p, s.dim, idx, p.index_select(s.dim, idx).clone()))
+                        p.index_fill_(s.dim, idx, 0)
+            loss = held_out_loss(model, eval_blocks, batch_size)
+        finally:
+            with torch.no_grad():
+                for p, dim, idx, values in reversed(saved):  # reversed: a tied tensor gets its first saved values
+                    p.index_copy_(dim, idx, values)
         g0 = members[0]
         clusters.append(Cluster(cid, g0.kind, g0.layer, sum(g.n_channels for g in members), removed, loss, loss - base))
-    n_fixed = int(round(unprunable_ratio * len(clusters)))
-    for c in sorted(clusters, key=lambda c: -c.loss_delta)[:n_fixed]:
-        c.unprunable = True
-    return KnowledgeMap(type(model).__name__, fingerprint(model), saliency.method, fraction, unprunable_ratio, base,
-                        clusters, split or {}, {"analysis": round(time.perf_counter() - t0, 2)})
+    return base, clusters

@@ -97,12 +97,19 @@ def resolve_slices(model: nn.Module, groups: list) -> dict:
     return out
 
 
-def _composed(s: _Slice, idx: torch.Tensor) -> torch.Tensor:
-    """The slice's composed values ``(W0 + s B A)`` at ``idx`` along ``s.dim``, float32."""
-    base = s.param.detach().index_select(s.dim, idx).float()
+def _composed(s: _Slice, idx: torch.Tensor, lora: tuple | None = None) -> torch.Tensor:
+    """The slice's composed values ``(W0 + s B A)`` at ``idx`` along ``s.dim``, float32.
+
+    ``lora``: ``(A, B)`` to compose with instead of the slice's own factors (a
+    snapshot taken before the step); for a slice of a LoRA factor itself, the
+    snapshot of that factor is ``lora[0]``.
+    """
     if s.lora is None:
-        return base
-    a, b, scaling = s.lora
+        value = s.param if lora is None else lora[0]
+        return value.detach().index_select(s.dim, idx).float()
+    base = s.param.detach().index_select(s.dim, idx).float()
+    a, b = (s.lora[0], s.lora[1]) if lora is None else lora
+    scaling = s.lora[2]
     if s.dim == 0:
         return base + scaling * (b.detach().index_select(0, idx).float() @ a.detach().float())
     return base + scaling * (b.detach().float() @ a.detach().index_select(1, idx).float())
@@ -112,15 +119,44 @@ def _index(s: _Slice, channels: list) -> torch.Tensor:
     return torch.as_tensor(s.indices[channels].ravel(), dtype=torch.long, device=s.param.device)
 
 
+def _factors(s: _Slice) -> list:
+    """The trainable tensors a slice's composed value depends on (its LoRA factors)."""
+    if s.lora is None:
+        return [s.param] if s.param.requires_grad else []
+    return [s.lora[0], s.lora[1]]
+
+
 def _scale(s: _Slice, idx: torch.Tensor, factor: torch.Tensor) -> None:
     """Multiply the slice's base and LoRA values at ``idx`` by ``factor`` (one per index)."""
-    tensors = [(s.param, s.dim)]
-    if s.lora is not None:
-        a, b, _ = s.lora
-        tensors.append((b, 0) if s.dim == 0 else (a, 1))
-    for t, dim in tensors:
+    for t, dim in _tensors(s):
         f = factor.to(t.dtype).view([-1 if d == dim else 1 for d in range(t.dim())])
         t.data.index_copy_(dim, idx, t.data.index_select(dim, idx) * f)
+
+
+def _tensors(s: _Slice) -> list:
+    """``(tensor, dim)`` pairs that scaling the slice touches: the slice and its LoRA factor along ``dim``."""
+    if s.lora is None:
+        return [(s.param, s.dim)]
+    a, b, _ = s.lora
+    return [(s.param, s.dim), (b, 0) if s.dim == 0 else (a, 1)]
+
+
+@dataclass(frozen=True)
+class _Resolved:
+    """A group's channels resolved once per period onto the parameters' device:
+    per slice the flat index along ``dim`` and, per index, its channel's position."""
+
+    slices: list  # [(_Slice, idx long [n * width], owner long [n * width])]
+    n: int
+
+
+def _resolve(slices: list, channels: list) -> _Resolved:
+    out = []
+    for s in slices:
+        idx = _index(s, channels)
+        owner = torch.arange(len(channels), device=idx.device).repeat_interleave(s.indices.shape[1])
+        out.append((s, idx, owner))
+    return _Resolved(out, len(channels))
 
 
 class LHSPG(torch.optim.Optimizer):
@@ -180,6 +216,9 @@ class LHSPG(torch.optim.Optimizer):
         self.warmup_steps, self.n_periods, self.period_steps = warmup_steps, n_periods, period_steps
         self.final_steps, self.epsilon, self.decay_power = final_steps, epsilon, decay_power
         self.schedule = {"step": 0, "pruned": {}, "active": {}, "projected": 0}
+        self._flips = {}
+        self._set_active()
+        self._set_pruned()
 
     # -- schedule ------------------------------------------------------------
     @property
@@ -226,6 +265,7 @@ class LHSPG(torch.optim.Optimizer):
         if unknown:
             raise ShearGraphError(f"select() returned unknown group ids: {sorted(unknown)[:5]}")
         self.schedule["active"] = {g: sorted(set(c) - set(chosen.get(g, ()))) for g, c in new.items()}
+        self._set_active()
 
     # -- step ----------------------------------------------------------------
     @torch.no_grad()
@@ -240,7 +280,7 @@ class LHSPG(torch.optim.Optimizer):
         pos = self.position(self.schedule["step"])
         if pos is not None and pos[1] == 1:
             self._start_period(pos[0])
-        before = self._active_values() if pos is not None else {}
+        before = self._snapshot() if pos is not None else []
         self._adamw()
         if pos is not None:
             t, k = self.period_steps, pos[1]
@@ -250,12 +290,17 @@ class LHSPG(torch.optim.Optimizer):
                     self.schedule["pruned"].setdefault(gid, [])
                     self.schedule["pruned"][gid] = sorted(set(self.schedule["pruned"][gid]) | set(chans))
                 self.schedule["active"] = {}
+                self._set_active()
+                self._set_pruned()
         self.hold_pruned()
         return loss
 
     def _adamw(self) -> None:
+        """Equation 1 on every parameter with a gradient, as foreach ops per step count
+        (the same arithmetic, in the same order, as one tensor at a time)."""
         for group in self.param_groups:
             b1, b2 = group["betas"]
+            batches = {}
             for p in group["params"]:
                 if p.grad is None:
                     continue
@@ -265,53 +310,89 @@ class LHSPG(torch.optim.Optimizer):
                     st["exp_avg"] = torch.zeros_like(p, dtype=torch.float32)
                     st["exp_avg_sq"] = torch.zeros_like(p, dtype=torch.float32)
                 st["step"] += 1
-                g = p.grad.float()
-                st["exp_avg"].mul_(b1).add_(g, alpha=1 - b1)
-                st["exp_avg_sq"].mul_(b2).addcmul_(g, g, value=1 - b2)
-                m_hat = st["exp_avg"] / (1 - b1 ** st["step"])
-                v_hat = st["exp_avg_sq"] / (1 - b2 ** st["step"])
-                update = m_hat / (v_hat.sqrt() + group["eps"])
+                batches.setdefault((st["step"], p.device, p.dtype), []).append(p)
+            for (t, _, dtype), params in batches.items():
+                grads = [p.grad.float() for p in params]
+                m = [self.state[p]["exp_avg"] for p in params]
+                v = [self.state[p]["exp_avg_sq"] for p in params]
+                torch._foreach_mul_(m, b1)
+                torch._foreach_add_(m, grads, alpha=1 - b1)
+                torch._foreach_mul_(v, b2)
+                torch._foreach_addcmul_(v, grads, grads, value=1 - b2)
+                denom = torch._foreach_div(v, 1 - b2 ** t)
+                torch._foreach_sqrt_(denom)
+                torch._foreach_add_(denom, group["eps"])
+                update = torch._foreach_div(m, 1 - b1 ** t)
+                torch._foreach_div_(update, denom)
                 if group["weight_decay"]:
-                    update = update + group["weight_decay"] * p.float()
-                p.sub_((group["lr"] * update).to(p.dtype))
+                    torch._foreach_add_(update, [p.float() for p in params], alpha=group["weight_decay"])
+                torch._foreach_mul_(update, group["lr"])
+                if dtype != torch.float32:
+                    update = [u.to(dtype) for u in update]
+                torch._foreach_sub_(params, update)
 
-    def _active_values(self) -> dict:
-        return {(gid, i): _composed(s, _index(s, chans))
-                for gid, chans in self.schedule["active"].items() if chans
-                for i, s in enumerate(self.slices[gid])}
+    def _snapshot(self) -> list:
+        """Copies of the LoRA factors the active channels' composed values depend on,
+        taken before the trial step (buffers allocated once per period)."""
+        if not self._before:
+            return []
+        torch._foreach_copy_(self._before, self._factor_list)
+        return self._before
 
-    def _project_and_decay(self, before: dict, decay: float) -> None:
-        for gid, chans in self.schedule["active"].items():
-            if not chans:
-                continue
-            n = len(chans)
-            dot = torch.zeros(n, dtype=torch.float64)
-            norm2 = torch.zeros(n, dtype=torch.float64)
-            for i, s in enumerate(self.slices[gid]):
-                idx = _index(s, chans)
-                x = before[gid, i].movedim(s.dim, 0).reshape(n, -1).double().cpu()
-                trial = (decay * _composed(s, idx)).movedim(s.dim, 0).reshape(n, -1).double().cpu()
+    def _set_active(self) -> None:
+        """Resolve the active channels onto the device and allocate the snapshot buffers."""
+        self._active = {gid: _resolve(self.slices[gid], chans)
+                        for gid, chans in self.schedule["active"].items() if chans}
+        factors = {}
+        for r in self._active.values():
+            for s, _, _ in r.slices:
+                factors.update({id(t): t for t in _factors(s)})
+        self._factor_list = list(factors.values())
+        self._slot = {k: i for i, k in enumerate(factors)}
+        self._before = [t.detach().clone() for t in self._factor_list]
+
+    def _set_pruned(self) -> None:
+        self._pruned = [(t, dim, idx) for gid, chans in self.schedule["pruned"].items() if chans
+                        for s, idx, _ in _resolve(self.slices[gid], chans).slices for t, dim in _tensors(s)]
+
+    def _old_lora(self, s: _Slice, before: list) -> tuple:
+        if s.lora is None:
+            return (before[self._slot[id(s.param)]],) if s.param.requires_grad else None
+        return before[self._slot[id(s.lora[0])]], before[self._slot[id(s.lora[1])]]
+
+    def _project_and_decay(self, before: list, decay: float) -> None:
+        """Equations 2 and 3 for every active group: per-channel dot products and norms
+        accumulate in float32 on the parameters' device; no value leaves it."""
+        for r in self._active.values():
+            device = r.slices[0][1].device
+            dot = torch.zeros(r.n, dtype=torch.float32, device=device)
+            norm2 = torch.zeros(r.n, dtype=torch.float32, device=device)
+            for s, idx, _ in r.slices:
+                x = _composed(s, idx, self._old_lora(s, before)).movedim(s.dim, 0).reshape(r.n, -1)
+                trial = (decay * _composed(s, idx)).movedim(s.dim, 0).reshape(r.n, -1)
                 dot += (trial * x).sum(1)
                 norm2 += (x * x).sum(1)
-            factor = torch.full((n,), decay, dtype=torch.float64)
             flip = dot < self.epsilon * norm2
-            factor[flip] = 0.0
-            self.schedule["projected"] += int((flip & (norm2 > 0)).sum())
-            for s in self.slices[gid]:
-                width = s.indices.shape[1]
-                _scale(s, _index(s, chans), factor.repeat_interleave(width).to(s.param.device))
+            factor = torch.where(flip, 0.0, decay).to(torch.float32)
+            count = (flip & (norm2 > 0)).sum()
+            self._flips[device] = self._flips[device] + count if device in self._flips else count
+            for s, idx, owner in r.slices:
+                _scale(s, idx, factor[owner])
+
+    @property
+    def projected(self) -> int:
+        """Channels the half-space test has projected onto zero so far (equation 2)."""
+        return self.schedule["projected"] + sum(int(c) for c in self._flips.values())
 
     def hold_pruned(self) -> None:
-        for gid, chans in self.schedule["pruned"].items():
-            if chans:
-                for s in self.slices[gid]:
-                    idx = _index(s, chans)
-                    _scale(s, idx, torch.zeros(len(idx), device=s.param.device))
+        """Set the channels zeroed in earlier periods back to zero (after every step)."""
+        for t, dim, idx in self._pruned:
+            t.data.index_fill_(dim, idx, 0)
 
     # -- state ---------------------------------------------------------------
     def state_dict(self) -> dict:
         out = super().state_dict()
-        out["lhspg"] = {"step": self.schedule["step"], "projected": self.schedule["projected"],
+        out["lhspg"] = {"step": self.schedule["step"], "projected": self.projected,
                         "pruned": self.pruned, "active": {g: list(c) for g, c in self.schedule["active"].items()}}
         return out
 
@@ -322,6 +403,9 @@ class LHSPG(torch.optim.Optimizer):
         self.schedule = {"step": sched["step"], "projected": sched["projected"],
                          "pruned": {g: list(c) for g, c in sched["pruned"].items()},
                          "active": {g: list(c) for g, c in sched["active"].items()}}
+        self._flips = {}
+        self._set_active()
+        self._set_pruned()
 
 
 def group_norms(model: nn.Module, groups: list, channels: dict | None = None) -> dict:

@@ -629,7 +629,8 @@ def prune(model: nn.Module | None = None, tokenizer=None, *, out, settings: Prun
             distill=settings.distill,
             lora_rank=settings.lora_rank, lora_alpha=settings.lora_alpha, seed=settings.seed, device=device,
             dtype=dtype, checkpoint_dir=work.dir / "lhspg", progress=progress, round_to=settings.round_to))
-        pruned = timed("apply plan", lambda: apply_plan(result.model, result.plan))
+        # in place: LHSPG's merged model is ours, and a second copy would raise the peak by one model
+        pruned = timed("apply plan", lambda: apply_plan(result.model, result.plan, inplace=True))
         result.plan.save(work.dir / "plan.json")
         work.put_json("lhspg", {k: v for k, v in result.to_dict().items() if k != "plan"})
         work.put_model("lhspg_pruned", pruned)
@@ -646,7 +647,7 @@ def prune(model: nn.Module | None = None, tokenizer=None, *, out, settings: Prun
             start_model, train, probe, reference, steps=steps, batch_size=settings.batch_size,
             lr=settings.recovery_lr, lora_rank=settings.lora_rank, lora_alpha=settings.lora_alpha,
             update_every=settings.update_every, seed=settings.seed, device=device, dtype=dtype, progress=progress,
-            checkpoint_dir=checkpoint_dir, teacher=model, distill=settings.recovery_distill))
+            checkpoint_dir=checkpoint_dir, teacher=model, distill=settings.recovery_distill, inplace=True))
         recovery[name] = res.to_dict()
         work.put_json("recovery", recovery)
         return res.model

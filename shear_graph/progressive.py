@@ -23,7 +23,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .adapters import add_lora
+from .adapters import add_lora, gradient_checkpointing
 from .distill import check_distill, distill_loss, frozen_teacher, teacher_logits
 from .errors import ShearGraphError, TrainingError
 from .groups import find_groups
@@ -158,7 +158,7 @@ def lhspg_prune(model: nn.Module, blocks: torch.Tensor, ratio: float, *, knowled
                 n_periods: int = 4, period_steps: int = 20, final_steps: int = 20, batch_size: int = 4, lr: float = 3e-4,
                 lora_rank: int = 8, lora_alpha: float = 16.0, epsilon: float = 0.0, distill: float = 0.0,
                 seed: int = 0, device=None, dtype=None, checkpoint_dir=None, progress: bool = True,
-                round_to: int = 1) -> LHSPGResult:
+                round_to: int = 1, checkpointing: bool | None = None) -> LHSPGResult:
     """Prune ``ratio`` of ``model``'s parameters progressively with LHSPG.
 
     The model is deep-copied (the caller's is never changed), moved to
@@ -259,11 +259,12 @@ def lhspg_prune(model: nn.Module, blocks: torch.Tensor, ratio: float, *, knowled
     boundaries = {warmup_steps + p * period_steps for p in range(n_periods + 1)} | {steps}
     peft_model.train()
     bar = tqdm(total=steps, initial=opt.schedule["step"], desc="LHSPG", unit="step", disable=not progress)
-    with frozen_teacher(model, device, dtype) if distill else nullcontext() as teacher:
+    with frozen_teacher(model, device, dtype) if distill else nullcontext() as teacher, \
+            gradient_checkpointing(peft_model, checkpointing):
         for step in range(opt.schedule["step"] + 1, steps + 1):
             ids = blocks[order[step - 1]].to(device)
             opt.zero_grad(set_to_none=True)
-            out = peft_model(input_ids=ids, labels=ids)
+            out = peft_model(input_ids=ids, labels=ids, use_cache=False)
             loss, value = out.loss, float(out.loss.detach())
             if distill:
                 kd = distill_loss(out.logits, teacher_logits(teacher, ids))
@@ -298,4 +299,4 @@ def lhspg_prune(model: nn.Module, blocks: torch.Tensor, ratio: float, *, knowled
     plan = PrunePlan.from_channels(merged, merged_groups, pruned_channels,
                                    method=f"lhspg({saliency}, ratio={ratio}, periods={n_periods})")
     return LHSPGResult(merged, plan, history, periods, steps * batch_size * blocks.shape[1],
-                       time.perf_counter() - start, {**run, "projected": opt.schedule["projected"]})
+                       time.perf_counter() - start, {**run, "projected": opt.projected})

@@ -43,7 +43,7 @@ from accelerate.utils import DistributedType
 from torch import nn
 from tqdm.auto import tqdm
 
-from .adapters import add_lora, lora_targets
+from .adapters import add_lora, gradient_checkpointing, lora_targets
 from .distill import check_distill, distill_loss, frozen_teacher, teacher_logits
 from .errors import ShearGraphError, TrainingError
 from .plan import umask
@@ -176,7 +176,8 @@ def recover(model: nn.Module, train: dict, probe: dict, reference_loss: dict, *,
             lr: float = 2e-4, lora_rank: int = 8, lora_alpha: int = 16, target_modules: list | str | None = None,
             update_every: int = 50, eta: float = 1.0, smoothing: float = 1e-3, seed: int = 0, device=None,
             dtype: torch.dtype | None = None, accelerator: Accelerator | None = None, progress: bool = True,
-            checkpoint_dir=None, teacher: nn.Module | None = None, distill: float = 0.0) -> RecoveryResult:
+            checkpoint_dir=None, teacher: nn.Module | None = None, distill: float = 0.0, inplace: bool = False,
+            checkpointing: bool | None = None) -> RecoveryResult:
     """Recover a pruned model's knowledge by LoRA fine-tuning over an adaptive domain mixture.
 
     A deep copy of ``model`` gets a peft LoRA adaptor (base frozen) and is
@@ -189,7 +190,8 @@ def recover(model: nn.Module, train: dict, probe: dict, reference_loss: dict, *,
     mixture carried over from pruning; starting from uniform, updating at step
     0 lets the pruned model's initial gaps, its largest, set the mixture at
     once. At the end the adaptor is merged into the weights.
-    ``model`` itself is never changed; the copy needs as much memory again.
+    ``model`` itself is never changed (unless ``inplace``); the copy needs as
+    much memory again.
 
     Under ``accelerate launch`` every process calls this with the same
     arguments; ``batch_size`` is per process, and each process trains on its
@@ -257,6 +259,13 @@ def recover(model: nn.Module, train: dict, probe: dict, reference_loss: dict, *,
         KL(teacher || model)`` per token (:func:`~shear_graph.distill.distill_loss`);
         0, the default, is plain language-modelling recovery. The mixture still
         follows the cross-entropy gaps. Costs one teacher forward per step.
+    inplace : bool
+        Train ``model`` itself, moved to the device and dtype, instead of a copy
+        (no second copy of its weights); the returned model is ``model``.
+    checkpointing : bool, optional
+        Gradient checkpointing of the decoder layers (same result, activations
+        recomputed in the backward pass); None, the default: on above
+        :data:`~shear_graph.adapters.CHECKPOINTING_ABOVE` parameters.
 
     Returns
     -------
@@ -295,7 +304,7 @@ def recover(model: nn.Module, train: dict, probe: dict, reference_loss: dict, *,
                               "use DDP or run without checkpoint_dir")
     if dtype is None:
         dtype = torch.bfloat16 if acc.device.type == "cuda" and torch.cuda.is_bf16_supported() else torch.float32
-    work = copy.deepcopy(model).to(acc.device, dtype)
+    work = (model if inplace else copy.deepcopy(model)).to(acc.device, dtype)
     trainable = {n for n, p in work.named_parameters() if p.requires_grad}
     targets = _targets(work, target_modules)
     config = {
@@ -310,7 +319,8 @@ def recover(model: nn.Module, train: dict, probe: dict, reference_loss: dict, *,
     run = _Run(acc, _with_lora(work, lora_rank, lora_alpha, targets, seed), config, train, probe,
                Path(checkpoint_dir) / CHECKPOINT_FILE if checkpoint_dir is not None else None)
     start = run.progress.step
-    with frozen_teacher(teacher, acc.device, dtype) if distill else nullcontext() as run.teacher:
+    with frozen_teacher(teacher, acc.device, dtype) if distill else nullcontext() as run.teacher, \
+            gradient_checkpointing(work, checkpointing):
         run.train_until(steps, progress)
     merged = acc.unwrap_model(run.model).merge_and_unload()
     for name, param in merged.named_parameters():

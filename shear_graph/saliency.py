@@ -77,24 +77,56 @@ def magnitude(ctx: SaliencyContext) -> dict:
 @register_saliency("taylor", source="LLM-Pruner (Ma et al. 2023) Eq. 3-4, Element1: |w * dL/dw| summed over "
                                     "the group; dL/dw accumulated over the calibration set")
 def taylor(ctx: SaliencyContext) -> dict:
+    # dL/dw accumulates in p.grad over the batches (in the parameter's dtype: float32
+    # state the size of the model would double a bf16 model's memory), and the
+    # float32 element scores are made one parameter at a time, on demand
     params = ctx.params
     saved = {n: (p.requires_grad, p.grad) for n, p in params.items()}
-    grads = {n: torch.zeros_like(p, dtype=torch.float32) for n, p in params.items()}
     try:
         for n, p in params.items():
             p.requires_grad_(True)
             p.grad = None
         for ids in ctx.progress("saliency: taylor"):
             _lm_loss(ctx.model, ids).backward()
-            for n, p in params.items():
-                if p.grad is not None:
-                    grads[n] += p.grad.float()
-                    p.grad = None
+        grads = {n: p.grad for n, p in params.items()}
     finally:
         for n, p in params.items():
             p.requires_grad_(saved[n][0])
             p.grad = saved[n][1]
-    return {n: (p.detach().float() * grads[n]).abs() for n, p in params.items()}
+    return _Lazy(params, lambda n, p: (p.detach().float() * grads[n].float()).abs() if grads[n] is not None
+                 else torch.zeros_like(p, dtype=torch.float32))
+
+
+class _Lazy(dict):
+    """Element scores made when first read, one parameter at a time (see :func:`compute_saliency`)."""
+
+    def __init__(self, params: dict, make):
+        super().__init__()
+        self._params, self._make = params, make
+
+    def __contains__(self, name) -> bool:
+        return name in self._params
+
+    def __getitem__(self, name):
+        return self._make(name, self._params[name])
+
+    def __iter__(self):
+        return iter(self._params)
+
+    def __len__(self) -> int:
+        return len(self._params)
+
+    def keys(self):
+        return self._params.keys()
+
+    def items(self):
+        return ((n, self[n]) for n in self._params)
+
+    def values(self):
+        return (self[n] for n in self._params)
+
+    def get(self, name, default=None):
+        return self[name] if name in self._params else default
 
 
 @register_saliency("activation", source="Wanda (Sun et al. 2023) Eq. 1 per element, |W_ij| * ||X_j||_2 (X_j the "
@@ -296,19 +328,38 @@ def compute_saliency(model: nn.Module, groups: list, method: str = "taylor", blo
         elem = crit.fn(SaliencyContext(model, params, batches, progress))
     finally:
         model.train(was_training)
+    dims: dict = {}
+    for g in groups:
+        for sl in g.slices:
+            dims.setdefault(sl.param, set()).add(sl.dim)
+
+    def reduced(e: torch.Tensor, dim: int) -> np.ndarray:
+        return (e.sum(dim=[d for d in range(e.dim()) if d != dim]) if e.dim() > 1 else e).double().cpu().numpy()
+
+    # one element-score tensor alive at a time (a lazy criterion makes each when read): its per-dim sums
+    per_index, one_dim = {}, set()
+    for key in [k for k in elem if isinstance(k, tuple)]:  # scores of one dim of a parameter come first
+        if key[1] in dims.get(key[0], ()):
+            per_index[key] = reduced(elem[key], key[1])
+            one_dim.add(key)
+    for name in [k for k in elem if not isinstance(k, tuple)]:
+        wanted = [d for d in dims.get(name, ()) if (name, d) not in per_index]
+        if wanted:
+            e = elem[name]
+            for dim in wanted:
+                per_index[name, dim] = reduced(e, dim)
+            del e
     scores, index_scores = {}, {}
     for g in groups:
         total = np.zeros(g.n_channels)
         columns = []
-        for s in g.slices:
-            one_dim = (s.param, s.dim) in elem
-            e = elem[(s.param, s.dim)] if one_dim else elem.get(s.param)
-            if e is None:
+        for sl in g.slices:
+            values = per_index.get((sl.param, sl.dim))
+            if values is None:
                 continue
-            per_index = e.sum(dim=[d for d in range(e.dim()) if d != s.dim]) if e.dim() > 1 else e
-            per_channel = per_index.double().cpu().numpy()[s.indices]
+            per_channel = values[sl.indices]
             total += per_channel.sum(1)
-            if one_dim:
+            if (sl.param, sl.dim) in one_dim:
                 columns.append(per_channel)
         scores[g.id] = total
         if columns:

@@ -100,7 +100,7 @@ def test_domains_from_files_and_datasets(tmp_path):
     assert sg.domain_from_dataset(ds, "hf").texts == ["x", "y"]
     with pytest.raises(sg.DataError, match="has no 'body' column"):
         sg.domain_from_dataset(ds, "hf", text_field="body")
-    docs, code = sg.default_domains(max_chars=5000)
+    docs, code = sg.default_domains(max_chars=5000, general=False)
     assert docs.name == "python_docs" and len(docs.texts[0]) == 5000 and "def " in code.texts[0]
 
 
@@ -120,3 +120,32 @@ def test_prune_shares_give_cheap_clusters_more_of_the_cut():
     assert shares["ffn.L3"] == pytest.approx(2.0)  # masking lowered the loss: counts as 0
     assert shares["ffn.L4"] == 0.25  # 2m / (d + m) = 0.06, clipped: a noisy delta cannot freeze a layer
     assert shares["attention_head.L1"] == shares["attention_head.L2"] == 1.0  # median 0: uniform
+
+
+def test_analysis_masks_in_place_and_restores_the_model_bit_for_bit_even_on_error(monkeypatch):
+    """The analysis makes no copy of the model (memory: one model, issue 22) and a
+    failure mid-way still leaves every weight as it was."""
+    import copy
+
+    import shear_graph.knowledge as knowledge
+
+    model = build("llama")
+    groups = sg.find_groups(sg.trace(model))
+    sal = sg.compute_saliency(model, groups, "taylor", random_blocks(seed=5))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    monkeypatch.setattr(copy, "deepcopy", lambda *a, **k: pytest.fail("the analysis copied the model"))
+    sg.analyze_knowledge(model, groups, sal, random_blocks(seed=9), progress=False)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+    real, calls = knowledge.held_out_loss, []
+
+    def failing(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:  # inside the second cluster, its channels masked
+            raise RuntimeError("out of memory")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(knowledge, "held_out_loss", failing)
+    with pytest.raises(RuntimeError, match="out of memory"):
+        sg.analyze_knowledge(model, groups, sal, random_blocks(seed=9), progress=False)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())

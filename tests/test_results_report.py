@@ -73,7 +73,7 @@ def test_runs_of_another_script_and_text_render_and_only_the_latest_text_compete
         "zero_shot": {"lhspg_recovered": {"average": 0.477}}}))
     page = peers.write_report().read_text()
     quality = page.split("### 20% of the parameters removed")[1].split("\n## ")[0]
-    assert "14.00 (1.40x)" in quality and "11.00" not in quality and "| wanda sp |" in quality
+    assert "14.00 (1.40x)" in quality and "11.00" not in quality and "| Wanda-sp (uniform widths) |" in quality
     assert "0.477" in quality  # the zero-shot pass run after the quality run
     assert "benchmarks/quality.py run 0.2 --kinds ffn`" in quality
     assert "11.00 (1.10x)" not in page and "1.10x" in page.split("## Every quality configuration tried")[1]
