@@ -5,6 +5,7 @@ import copy
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -263,6 +264,26 @@ def test_hf_refuses_a_hidden_size_stock_llama_rejects(tmp_path):
     message = _error_and_nothing_written(tmp_path, model, tmp_path / "hf", format="hf")
     assert "hidden size 60" in message and "gguf" in message
     sg.export(model, tmp_path / "m.gguf", format="gguf")  # llama.cpp takes it: key_length is explicit
+
+
+def test_a_refused_export_leaves_no_new_folders(tmp_path):
+    model = per_layer_model(hidden_removed=range(4))
+    _error_and_nothing_written(tmp_path, model, tmp_path / "new" / "deeper" / "hf", format="hf")
+
+
+def test_output_under_a_file_or_inside_the_input_is_refused(pruned_dir, tmp_path):
+    (tmp_path / "afile").write_text("mine")
+    assert "is a file" in _error_and_nothing_written(tmp_path, pruned_dir, tmp_path / "afile" / "m.gguf",
+                                                     format="gguf")
+    inside = sorted(p.name for p in Path(pruned_dir).iterdir())
+    with pytest.raises(sg.ExportError, match="inside the input model folder"):
+        sg.export(pruned_dir, Path(pruned_dir) / "hf", format="hf")
+    assert sorted(p.name for p in Path(pruned_dir).iterdir()) == inside
+
+
+def test_gguf_without_a_tokenizer_warns(pruned_model, tmp_path):
+    with pytest.warns(UserWarning, match="no vocabulary"):
+        sg.export(pruned_model, tmp_path / "m.gguf", format="gguf")
 
 
 def test_hf_refuses_a_layer_without_attention_heads(pruned_model, tmp_path):

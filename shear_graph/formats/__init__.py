@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import warnings
 from pathlib import Path
 
 from torch import nn
@@ -60,22 +61,44 @@ def export(model, path, format: str = "hf", dtype: str = "f32", tokenizer=None) 
     path = Path(path)
     if path.exists() or path.is_symlink():
         raise ExportError(f"{path} exists; choose another output path or remove it first")
+    existing = next(p for p in path.absolute().parents if p.exists())
+    if not existing.is_dir():
+        raise ExportError(f"{existing} is a file, so {path} cannot be written under it; choose another output path")
     if not isinstance(model, nn.Module):
+        source = Path(model).resolve()
+        if source == path.resolve() or source in path.resolve().parents:
+            raise ExportError(f"the output {path} is inside the input model folder {model}; write it elsewhere")
         from ..default_model import load_model
 
         model, own = load_model(str(model))
         tokenizer = tokenizer if tokenizer is not None else own
     layout = read_layout(model)
     writer = FORMATS[format]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.tmp-"))
+    if format == "gguf" and tokenizer is None:
+        warnings.warn(f"{path}: no tokenizer given or found beside the model, so the GGUF file holds no vocabulary "
+                      "and llama.cpp cannot read text with it; pass tokenizer= (or export a folder that has one)")
     try:
-        target = tmp if format != "gguf" else tmp / path.name
-        writer(layout, target, DTYPES[dtype], tokenizer)
-        for f in [tmp, *tmp.rglob("*")]:  # libraries write through private temp files (mode 0600)
-            os.chmod(f, (0o777 if f.is_dir() else 0o666) & ~umask())
-        os.replace(target, path)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.tmp-"))
+        try:
+            target = tmp if format != "gguf" else tmp / path.name
+            writer(layout, target, DTYPES[dtype], tokenizer)
+            for f in [tmp, *tmp.rglob("*")]:  # libraries write through private temp files (mode 0600)
+                os.chmod(f, (0o777 if f.is_dir() else 0o666) & ~umask())
+            os.replace(target, path)
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp)
+    except BaseException as e:
+        _remove_created(path.absolute().parent, existing)  # a refused export leaves no folder behind
+        if isinstance(e, OSError):
+            raise ExportError(f"writing {path} failed: {e.strerror or e}; nothing was written") from e
+        raise
     return path
+
+
+def _remove_created(folder: Path, existing: Path) -> None:
+    """Remove ``folder`` and its parents up to ``existing`` (which was there before), where empty."""
+    while folder != existing and folder.is_dir() and not any(folder.iterdir()):
+        folder.rmdir()
+        folder = folder.parent
