@@ -86,6 +86,21 @@ def test_hf_export_loads_with_stock_from_pretrained_in_a_fresh_process(pruned_di
     torch.testing.assert_close(torch.load(tmp_path / "l.pt"), expected, atol=1e-5, rtol=0)
 
 
+def test_hf_export_of_tied_embeddings_writes_the_matrix_once(pruned_model, tmp_path):
+    from safetensors import safe_open
+    from transformers import AutoModelForCausalLM
+
+    model = copy.deepcopy(pruned_model)
+    model.config.tie_word_embeddings = True
+    model.lm_head.weight = model.model.embed_tokens.weight
+    out = sg.export(model, tmp_path / "hf", format="hf")
+    with safe_open(str(out / "model.safetensors"), "pt") as f:
+        assert "lm_head.weight" not in f.keys() and "model.embed_tokens.weight" in f.keys()
+    ids = input_ids()
+    torch.testing.assert_close(logits(AutoModelForCausalLM.from_pretrained(out).eval(), ids), logits(model, ids),
+                               atol=1e-5, rtol=0)
+
+
 def test_hf_padding_cost_counts_the_zero_channels(pruned_dir):
     cost = padding_cost(read_layout(sg.load_pruned(pruned_dir)))
     # per layer 2*64*(q+kv)*8 attention + 3*64*ffn FFN; padded every layer to 8 q / 4 kv heads, 94 channels

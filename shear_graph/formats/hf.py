@@ -101,6 +101,8 @@ def write(layout: LlamaLayout, out: Path, dtype: torch.dtype, tokenizer=None) ->
     with no_init_weights():
         model = LlamaForCausalLM(config)
     model.load_state_dict(state_dict(layout, *widths, config.attention_bias, config.mlp_bias), strict=True)
+    if config.tie_word_embeddings:  # one tensor again, so the output layer is not written twice
+        model.tie_weights()
     model.to(dtype).save_pretrained(out)
     if tokenizer is not None:
         tokenizer.save_pretrained(out)
