@@ -201,11 +201,11 @@ def oneshot(
         steps.update()
     except sg.ShearGraphError as e:
         steps.close()
-        _fail(str(e))
+        _fail(_as_flags(str(e), PRUNE_FLAGS))
     steps.close()
     before, after = sg.count_params(m), sg.count_params(reloaded)
     summary = {
-        "model": model or "smollm2-135m", "ratio_requested": ratio, "params_before": before,
+        "model": model or "smollm2-135m", "ratio_requested": ratio, "round_to": round_to, "params_before": before,
         "params_after": after, "removed_fraction": round(1 - after / before, 4),
         "groups_pruned": len(plan.removals), "reload_logits_identical": same,
         "generation": text, "seconds": {k: round(v, 2) for k, v in times.items()},

@@ -28,6 +28,14 @@ def test_oneshot_a_model_folder_without_tokenizer(tiny_folder, tmp_path):
     assert sg.PrunePlan.load(tmp_path / "o" / "plan.json").removals
 
 
+def test_oneshot_round_to_is_named_as_the_flag_and_recorded(tiny_folder, tmp_path):
+    result = run("oneshot", tiny_folder, "--ratio", "0.2", "--round-to", "0", "--out", tmp_path / "bad")
+    assert result.exit_code == 2 and "--round-to" in result.output, result.output
+    result = run("oneshot", tiny_folder, "--ratio", "0.2", "--round-to", "8", "--out", tmp_path / "o")
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "o" / "summary.json").read_text())["round_to"] == 8
+
+
 def test_groups_of_a_model_folder(tiny_folder):
     result = run("groups", tiny_folder)
     assert result.exit_code == 0, result.output
