@@ -164,7 +164,8 @@ def compensate_plan(model: nn.Module, plan: PrunePlan, blocks: torch.Tensor, bat
     ------
     ShearGraphError
         No calibration tokens (or not an integer tensor [n_blocks, block_len]),
-        or an output projection without a bias whose config has no switch for one.
+        token ids outside the model's vocabulary, ``batch_size`` below 1, or an
+        output projection without a bias whose config has no switch for one.
     PlanError
         The plan was made for another model structure.
     """
@@ -172,6 +173,12 @@ def compensate_plan(model: nn.Module, plan: PrunePlan, blocks: torch.Tensor, bat
         raise TypeError(f"expected a PrunePlan, got {type(plan).__name__}")
     plan.check_model(model)
     _check_blocks(blocks)
+    vocab = model.get_input_embeddings().weight.shape[0] if hasattr(model, "get_input_embeddings") else None
+    if vocab is not None and (int(blocks.min()) < 0 or int(blocks.max()) >= vocab):
+        raise ShearGraphError(f"calibration token ids must lie in [0, {vocab}) for this model's embedding, got "
+                              f"{int(blocks.min())} to {int(blocks.max())}; tokenize with the model's own tokenizer")
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ShearGraphError(f"batch_size must be a positive integer (blocks per forward), got {batch_size!r}")
     projections, skipped = _output_projections(model, plan)
     config = base_model_of(model).config
     switches = sorted({_switch_for(model, config, path) for path, (m, _, _) in projections.items() if m.bias is None})

@@ -251,6 +251,10 @@ def test_bad_compensation_input_is_one_line(llama):
         with pytest.raises(sg.ShearGraphError, match="needs calibration tokens") as e:
             sg.compensate_plan(model, plan, blocks, progress=False)
         assert "\n" not in str(e.value)
+    with pytest.raises(sg.ShearGraphError, match="token ids must lie in"):
+        sg.compensate_plan(model, plan, random_blocks() + 10_000, progress=False)
+    with pytest.raises(sg.ShearGraphError, match="batch_size must be a positive integer"):
+        sg.compensate_plan(model, plan, random_blocks(), batch_size=0, progress=False)
     with pytest.raises(sg.ShearGraphError, match="takes the Compensation from sg.compensate_plan"):
         sg.apply_plan(model, plan, compensate=random_blocks())
     other = sg.compensate_plan(model, ffn_and_head_plan(model, groups, seed=5), random_blocks(), progress=False)
