@@ -11,8 +11,9 @@ from fuzz_programs import run
 
 pytestmark = pytest.mark.fuzz
 N = int(os.environ.get("SHEAR_FUZZ_PROGRAMS", "24"))
-# Open: seed 12 fails the check on its hidden group with inplace=True (found at
-# the deadline of issue 20, not yet diagnosed; docs/soundness.md "Open").
+# Open, and why issue 20 is not resolved: seed 12's `expand(B, 1, self.h)` bakes the
+# hidden size into the program in a form torch.export cannot tell from `expand(B, 1, -1)`,
+# so its hidden group is offered and the pruned model crashes (docs/soundness.md "Open").
 OPEN = {12}
 
 
